@@ -1,0 +1,19 @@
+"""insitu: send the analysis to the data, return only the answer."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("insitu")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+source"
+
+__all__ = ["Client", "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    # The client pulls in httpx; import it lazily so the runtime stays light.
+    if name == "Client":
+        from insitu.client import Client
+
+        return Client
+    raise AttributeError(name)

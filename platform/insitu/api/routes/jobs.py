@@ -1,0 +1,137 @@
+"""Jobs: submit, list, inspect, cancel, follow logs, fetch results."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
+from fastapi.responses import StreamingResponse
+
+from insitu.api.deps import CurrentUser, SessionDep, SettingsDep
+from insitu.api.schemas import (
+    JobCreate,
+    JobEventPublic,
+    JobEventsPublic,
+    JobPublic,
+    JobsPublic,
+    LogChunk,
+    ResultPublic,
+    ResultsPublic,
+)
+from insitu.backends.base import JobHandle
+from insitu.db import queries
+from insitu.runtime.workspace import RESULTS_DIR, Workspace
+from insitu.services import jobs
+from insitu.services.auth import Role
+from insitu.states import JobState
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def _wake_dispatcher(request: Request) -> None:
+    dispatcher = getattr(request.app.state, "dispatcher", None)
+    if dispatcher is not None:
+        dispatcher.wake()
+
+
+@router.post("", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
+def submit_job(
+    body: JobCreate, request: Request, session: SessionDep, settings: SettingsDep, user: CurrentUser
+) -> JobPublic:
+    """Validate a job spec against the catalog and queue it."""
+    job = jobs.submit(session, settings, user, body.spec, body.code_bundle)
+    _wake_dispatcher(request)
+    return JobPublic.of(job)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    session: SessionDep,
+    user: CurrentUser,
+    state: Annotated[list[JobState] | None, Query(description="Only jobs in these states.")] = None,
+    all_users: Annotated[bool, Query(description="Admins: every user's jobs.")] = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobsPublic:
+    """Your jobs, newest first."""
+    owner = None if (all_users and user.role == Role.ADMIN.value) else user.id
+    rows, count = queries.list_jobs(
+        session, owner_id=owner, states=[s.value for s in state or []], limit=limit, offset=offset
+    )
+    return JobsPublic(data=[JobPublic.of(j) for j in rows], count=count)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, session: SessionDep, user: CurrentUser) -> JobPublic:
+    """A job's state, progress, and the bytes it scanned and returned."""
+    return JobPublic.of(jobs.visible_job(session, user, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED)
+def cancel_job(job_id: str, request: Request, session: SessionDep, user: CurrentUser) -> JobPublic:
+    """Cancel a queued or running job."""
+    job = jobs.cancel(session, user, job_id)
+    _wake_dispatcher(request)
+    return JobPublic.of(job)
+
+
+@router.get("/{job_id}/events", response_model=JobEventsPublic)
+def job_events(job_id: str, session: SessionDep, user: CurrentUser) -> JobEventsPublic:
+    """Every state transition of a job, with its time and reason."""
+    job = jobs.visible_job(session, user, job_id)
+    events = [JobEventPublic.of(e) for e in job.events]
+    return JobEventsPublic(data=events, count=len(events))
+
+
+@router.get("/{job_id}/logs", response_model=LogChunk)
+async def job_logs(
+    job_id: str,
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> LogChunk:
+    """The job's log from a byte offset; poll with ``next_offset`` to follow it."""
+    job = jobs.visible_job(session, user, job_id)
+    complete = JobState(job.state).terminal
+    if not job.handle:
+        return LogChunk(text="", offset=offset, next_offset=offset, complete=complete)
+    data, next_offset = await request.app.state.backend.logs(
+        JobHandle.from_json(job.handle), offset
+    )
+    return LogChunk(
+        text=data.decode("utf-8", errors="replace"),
+        offset=offset,
+        next_offset=next_offset,
+        complete=complete and next_offset == offset,
+    )
+
+
+@router.get("/{job_id}/results", response_model=ResultsPublic)
+def list_results(job_id: str, session: SessionDep, user: CurrentUser) -> ResultsPublic:
+    """The results of a finished job (empty until it has succeeded)."""
+    job = jobs.visible_job(session, user, job_id)
+    rows = [ResultPublic.model_validate(r) for r in job.results]
+    return ResultsPublic(data=rows, count=len(rows))
+
+
+@router.get("/{job_id}/results/{filename}", response_class=StreamingResponse)
+def download_result(
+    job_id: str, filename: str, session: SessionDep, user: CurrentUser
+) -> StreamingResponse:
+    """Download one result file (or provenance.json)."""
+    job = jobs.visible_job(session, user, job_id)
+    record = jobs.result_file(job, filename)
+    workspace = Workspace(job.workspace)
+    handle = workspace.open(f"{RESULTS_DIR}/{filename}")
+
+    def chunks() -> Iterator[bytes]:
+        with handle:
+            while block := handle.read(1 << 20):
+                yield block
+
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if "size" in record:
+        headers["Content-Length"] = str(record["size"])
+    return StreamingResponse(chunks(), media_type=record["media_type"], headers=headers)

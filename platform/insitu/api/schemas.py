@@ -1,0 +1,186 @@
+"""What the API accepts and returns: one schema family per resource."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from insitu.catalog import ArrayInfo
+from insitu.db.models import Dataset, Job, JobEvent
+
+
+class JobCreate(BaseModel):
+    """A job submission: the spec (as parsed YAML/JSON, or its text) and an optional bundle."""
+
+    spec: dict[str, Any] | str = Field(description="The job spec, as an object or as YAML text.")
+    code_bundle: str | None = Field(
+        None, description="SHA-256 of a bundle uploaded to /v1/bundles."
+    )
+
+
+class Progress(BaseModel):
+    chunks_done: int
+    chunks_total: int
+
+
+class ResultPublic(BaseModel):
+    key: str
+    filename: str
+    kind: str
+    media_type: str
+    size: int
+    sha256: str
+    shape: list[int] | None = None
+    dtype: str | None = None
+
+
+class JobPublic(BaseModel):
+    """A job as its owner sees it."""
+
+    id: str
+    name: str
+    owner: str
+    dataset: str
+    array: str
+    selection: dict[str, list[int]]
+    state: str
+    target: str | None
+    reason: str | None
+    error: str | None
+    error_kind: str | None
+    backend: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: Progress
+    bytes_selected: int
+    bytes_scanned: int
+    bytes_returned: int
+    core_seconds: float
+    result_cap_bytes: int
+    spec_digest: str
+    code_bundle: str | None
+    spec: dict[str, Any]
+    results: list[ResultPublic]
+
+    @classmethod
+    def of(cls, job: Job) -> JobPublic:
+        axes: list[str] = next(
+            (a["axes"] for a in job.dataset.info["arrays"] if a["path"] == job.array_path), []
+        )
+        return cls(
+            id=job.id,
+            name=job.name,
+            owner=job.owner.name,
+            dataset=job.dataset.name,
+            array=job.array_path,
+            selection={axis: list(r) for axis, r in zip(axes, job.ranges, strict=False)},
+            state=job.state,
+            target=job.target,
+            reason=job.reason,
+            error=job.error,
+            error_kind=job.error_kind,
+            backend=job.backend,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            progress=Progress(chunks_done=job.chunks_done, chunks_total=job.chunks_total),
+            bytes_selected=job.bytes_selected,
+            bytes_scanned=job.bytes_scanned,
+            bytes_returned=job.bytes_returned,
+            core_seconds=job.core_seconds,
+            result_cap_bytes=job.result_cap_bytes,
+            spec_digest=job.spec_digest,
+            code_bundle=job.code_bundle_digest,
+            spec=job.spec,
+            results=[ResultPublic.model_validate(r) for r in job.results],
+        )
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class JobEventPublic(BaseModel):
+    at: datetime
+    from_state: str | None
+    to_state: str
+    reason: str
+
+    @classmethod
+    def of(cls, event: JobEvent) -> JobEventPublic:
+        return cls(
+            at=event.at, from_state=event.from_state, to_state=event.to_state, reason=event.reason
+        )
+
+
+class JobEventsPublic(BaseModel):
+    data: list[JobEventPublic]
+    count: int
+
+
+class LogChunk(BaseModel):
+    """A piece of a job's log, from ``offset`` to ``next_offset``."""
+
+    text: str
+    offset: int
+    next_offset: int
+    complete: bool = Field(description="True when the job has ended and no more log will come.")
+
+
+class ResultsPublic(BaseModel):
+    data: list[ResultPublic]
+    count: int
+
+
+class DatasetCreate(BaseModel):
+    name: str = Field(description="Catalog name, e.g. 'ophys/session-001'.")
+    url: str = Field(description="Where the Zarr store lives: s3://..., file://... or a path.")
+    description: str | None = None
+
+
+class DatasetPublic(BaseModel):
+    name: str
+    url: str
+    format: str
+    version: str
+    access: str
+    description: str | None
+    default_array: str
+    arrays: list[ArrayInfo]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> DatasetPublic:
+        info = dataset.info
+        return cls(
+            name=dataset.name,
+            url=dataset.url,
+            format=dataset.format,
+            version=dataset.version,
+            access=dataset.access,
+            description=dataset.description,
+            default_array=info["default_array"],
+            arrays=[ArrayInfo.model_validate(a) for a in info["arrays"]],
+            created_at=dataset.created_at,
+        )
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+    count: int
+
+
+class BundlePublic(BaseModel):
+    digest: str
+    size: int
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    backend: str
+    database: str

@@ -1,0 +1,101 @@
+"""The contract every execution backend (local, docker, kubernetes) implements.
+
+A backend only starts, watches, stops and cleans up a job's infrastructure. The
+job's own story (progress, results, the outcome) is in its workspace, which the
+runtime writes the same way on every backend. Methods are async; backends that
+call blocking SDKs do so through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any, ClassVar
+
+from insitu.spec import Resources
+
+LABEL_JOB = "insitu.io/job-id"
+LABEL_COMPONENT = "insitu.io/component"
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    """Opaque, persisted reference to a job's infrastructure; any process can act on it."""
+
+    backend: str
+    job_id: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any] | str) -> JobHandle:
+        if isinstance(value, str):
+            value = json.loads(value)
+        assert isinstance(value, dict)
+        return cls(backend=value["backend"], job_id=value["job_id"], data=dict(value["data"]))
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """What a backend needs to start one job."""
+
+    job_id: str
+    workspace_url: str
+    resources: Resources
+    timeout_s: float
+    image: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class BackendPhase(str, Enum):
+    """What the backend sees of a job's infrastructure."""
+
+    PENDING = "pending"  # accepted, not yet running (pulling, scheduling)
+    RUNNING = "running"
+    EXITED = "exited"  # the runner ended; the workspace tells how
+    MISSING = "missing"  # nothing found for this handle
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    phase: BackendPhase
+    exit_code: int | None = None
+    detail: str | None = None
+
+
+class Backend(ABC):
+    """Starts and stops jobs' Dask clusters and runners."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    async def start(self, request: LaunchRequest) -> JobHandle:
+        """Start the job's cluster and runner; idempotent for the same job id."""
+
+    @abstractmethod
+    async def status(self, handles: Iterable[JobHandle]) -> dict[str, BackendStatus]:
+        """The status of many jobs at once, keyed by job id."""
+
+    @abstractmethod
+    async def logs(self, handle: JobHandle, offset: int = 0) -> tuple[bytes, int]:
+        """Log bytes from ``offset`` on, and the offset to ask for next."""
+
+    @abstractmethod
+    async def cancel(self, handle: JobHandle, grace: float = 5.0) -> None:
+        """Stop everything the job runs; give it ``grace`` seconds to exit cleanly."""
+
+    @abstractmethod
+    async def cleanup(self, handle: JobHandle) -> None:
+        """Remove what the job left behind (containers, pods); keep its workspace."""
+
+    async def cleanup_orphans(self, live_job_ids: set[str]) -> list[str]:
+        """Remove infrastructure of jobs not in ``live_job_ids``; return their ids."""
+        return []
+
+    async def close(self) -> None:  # noqa: B027 (an optional hook, empty by default)
+        """Release the backend's own resources."""

@@ -1,0 +1,171 @@
+"""The local backend: each job is a process on this machine with its own Dask LocalCluster.
+
+No Docker, no cloud; the embedded default. The runner runs in the server's Python
+environment, in its own session so that cancelling kills its workers too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from insitu.backends.base import Backend, BackendPhase, BackendStatus, JobHandle, LaunchRequest
+from insitu.config import Settings
+from insitu.errors import BackendError
+
+
+class LocalBackend(Backend):
+    """Runs ``python -m insitu.runtime`` per job as a child process group."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.log_dir = settings.home / "logs"
+        self.host = socket.gethostname()
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def log_path(self, job_id: str) -> Path:
+        """Where a job's runner output is written."""
+        return self.log_dir / f"{job_id}.log"
+
+    def _spawn(self, request: LaunchRequest) -> JobHandle:
+        existing = self._children.get(request.job_id)
+        if existing is not None and existing.poll() is None:
+            return self._handle(request.job_id, existing.pid)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            **request.env,
+            "PYTHONUNBUFFERED": "1",
+            "INSITU_JOB_ID": request.job_id,
+            "INSITU_RUNNER_HOME": str(self.settings.home),
+        }
+        with open(self.log_path(request.job_id), "ab") as log:
+            try:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "insitu.runtime", request.workspace_url],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    env=env,
+                    cwd=self.log_dir,
+                )
+            except OSError as exc:
+                raise BackendError(f"could not start the job's process: {exc}") from exc
+        self._children[request.job_id] = process
+        return self._handle(request.job_id, process.pid)
+
+    def _handle(self, job_id: str, pid: int) -> JobHandle:
+        try:
+            created = psutil.Process(pid).create_time()
+        except psutil.Error:
+            created = time.time()
+        return JobHandle("local", job_id, {"pid": pid, "create_time": created, "host": self.host})
+
+    async def start(self, request: LaunchRequest) -> JobHandle:
+        return await asyncio.to_thread(self._spawn, request)
+
+    def _process(self, handle: JobHandle) -> psutil.Process | None:
+        """The live runner process of ``handle``, or None (also when its pid was reused)."""
+        if handle.data.get("host") != self.host:
+            return None
+        try:
+            process = psutil.Process(int(handle.data["pid"]))
+            if abs(process.create_time() - float(handle.data["create_time"])) > 1.0:
+                return None
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return process
+        except psutil.Error:
+            return None
+
+    def _status_one(self, handle: JobHandle) -> BackendStatus:
+        child = self._children.get(handle.job_id)
+        if child is not None:
+            code = child.poll()
+            if code is None:
+                return BackendStatus(BackendPhase.RUNNING)
+            return BackendStatus(BackendPhase.EXITED, exit_code=code)
+        if handle.data.get("host") != self.host:
+            return BackendStatus(
+                BackendPhase.MISSING, detail=f"the job ran on host {handle.data.get('host')!r}"
+            )
+        if self._process(handle) is not None:
+            return BackendStatus(BackendPhase.RUNNING)
+        return BackendStatus(BackendPhase.EXITED, detail="the runner process is gone")
+
+    async def status(self, handles: Iterable[JobHandle]) -> dict[str, BackendStatus]:
+        return {h.job_id: self._status_one(h) for h in handles}
+
+    def _read_log(self, job_id: str, offset: int) -> tuple[bytes, int]:
+        path = self.log_path(job_id)
+        if not path.exists():
+            return b"", offset
+        with open(path, "rb") as log:
+            log.seek(offset)
+            data = log.read(4 << 20)
+        return data, offset + len(data)
+
+    async def logs(self, handle: JobHandle, offset: int = 0) -> tuple[bytes, int]:
+        return await asyncio.to_thread(self._read_log, handle.job_id, offset)
+
+    def _kill(self, handle: JobHandle, grace: float) -> None:
+        process = self._process(handle)
+        if process is None:
+            return
+        group = os.getpgid(process.pid)
+        members = [process, *process.children(recursive=True)]
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                return
+            _, alive = psutil.wait_procs(members, timeout=wait)
+            if not alive:
+                return
+            members = alive
+
+    async def cancel(self, handle: JobHandle, grace: float = 5.0) -> None:
+        await asyncio.to_thread(self._kill, handle, grace)
+        await self.cleanup(handle)
+
+    async def cleanup(self, handle: JobHandle) -> None:
+        child = self._children.pop(handle.job_id, None)
+        if child is not None:
+            await asyncio.to_thread(child.wait)
+
+    async def cleanup_orphans(self, live_job_ids: set[str]) -> list[str]:
+        """Kill runner processes of this host whose jobs are no longer live."""
+        killed: list[str] = []
+        for process in psutil.process_iter(["pid", "cmdline", "environ"]):
+            info: dict[str, Any] = process.info
+            cmdline = info.get("cmdline") or []
+            if "insitu.runtime" not in cmdline:
+                continue
+            environ = info.get("environ") or {}
+            if environ.get("INSITU_RUNNER_HOME") != str(self.settings.home):
+                continue  # another insitu server's job
+            job_id = environ.get("INSITU_JOB_ID")
+            if job_id and job_id not in live_job_ids and job_id not in self._children:
+                handle = self._handle(job_id, process.pid)
+                await asyncio.to_thread(self._kill, handle, 1.0)
+                killed.append(job_id)
+        return killed
+
+    async def close(self) -> None:
+        for job_id in list(self._children):
+            child = self._children.pop(job_id)
+            if child.poll() is not None:
+                child.wait()

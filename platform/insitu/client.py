@@ -1,0 +1,249 @@
+"""``insitu.Client``: the Python client of the REST API, which the CLI uses too."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from insitu import errors
+from insitu.config import Settings
+from insitu.runtime import bundle
+from insitu.states import JobState
+
+_ERRORS: dict[int, type[errors.InsituError]] = {
+    400: errors.InvalidInput,
+    401: errors.AuthenticationFailed,
+    403: errors.PermissionDenied,
+    404: errors.NotFound,
+    409: errors.Conflict,
+    413: errors.InvalidInput,
+    422: errors.InvalidInput,
+    503: errors.BackendError,
+}
+
+
+class Client:
+    """Talk to an insitu server.
+
+    ``url`` and ``token`` default to ``INSITU_URL`` and ``INSITU_TOKEN``; without a
+    token, the admin token of a local server (``$INSITU_HOME/admin-token``) is used.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        settings = Settings()
+        self.url = (url or settings.url).rstrip("/")
+        self.token = token or settings.token or self._local_admin_token(settings)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+        )
+
+    @staticmethod
+    def _local_admin_token(settings: Settings) -> str | None:
+        try:
+            return settings.admin_token_path.read_text().strip() or None
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise errors.InsituError(
+                f"cannot reach the insitu server at {self.url} ({exc.__class__.__name__}); "
+                "start one with 'insitu server' or set INSITU_URL"
+            ) from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text or response.reason_phrase
+            if not isinstance(detail, str):
+                detail = json.dumps(detail)
+            error = _ERRORS.get(response.status_code, errors.InsituError)
+            raise error(detail)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    # -- server and catalog -------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """The server's health, version and backend."""
+        return self._json("GET", "/healthz")  # type: ignore[no-any-return]
+
+    def register_dataset(
+        self, name: str, url: str, description: str | None = None
+    ) -> dict[str, Any]:
+        """Register a Zarr store as a dataset."""
+        return self._json(  # type: ignore[no-any-return]
+            "POST", "/v1/datasets", json={"name": name, "url": url, "description": description}
+        )
+
+    def datasets(self) -> list[dict[str, Any]]:
+        """All datasets in the catalog."""
+        return self._json("GET", "/v1/datasets")["data"]  # type: ignore[no-any-return]
+
+    def dataset(self, name: str) -> dict[str, Any]:
+        """One dataset with its arrays."""
+        return self._json("GET", f"/v1/datasets/{name}")  # type: ignore[no-any-return]
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def upload_code(self, directory: str | Path) -> str:
+        """Pack and upload a directory of code; return the bundle id."""
+        data = bundle.pack(Path(directory))
+        response = self._json(
+            "POST", "/v1/bundles", content=data, headers={"Content-Type": "application/gzip"}
+        )
+        return str(response["digest"])
+
+    def submit(
+        self, spec: dict[str, Any] | str | Path, *, code: str | Path | None = None
+    ) -> dict[str, Any]:
+        """Submit a job spec (a dict, YAML/JSON text, or a file path) with optional code."""
+        if isinstance(spec, Path) or (
+            isinstance(spec, str) and "\n" not in spec and spec.endswith((".yaml", ".yml", ".json"))
+        ):
+            path = Path(spec)
+            try:
+                spec = path.read_text()
+            except OSError as exc:
+                raise errors.InvalidInput(f"cannot read job spec {path}: {exc.strerror}") from None
+        bundle_id = self.upload_code(code) if code is not None else None
+        return self._json(  # type: ignore[no-any-return]
+            "POST", "/v1/jobs", json={"spec": spec, "code_bundle": bundle_id}
+        )
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """A job's current record."""
+        return self._json("GET", f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]
+
+    def jobs(
+        self, *, states: list[str] | None = None, limit: int = 100, all_users: bool = False
+    ) -> list[dict[str, Any]]:
+        """Your jobs, newest first."""
+        params: dict[str, Any] = {"limit": limit, "all_users": all_users}
+        if states:
+            params["state"] = states
+        return self._json("GET", "/v1/jobs", params=params)["data"]  # type: ignore[no-any-return]
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job."""
+        return self._json("POST", f"/v1/jobs/{job_id}/cancel")  # type: ignore[no-any-return]
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        """A job's state transitions."""
+        return self._json("GET", f"/v1/jobs/{job_id}/events")["data"]  # type: ignore[no-any-return]
+
+    def logs(self, job_id: str, offset: int = 0) -> dict[str, Any]:
+        """A chunk of a job's log from ``offset``."""
+        return self._json("GET", f"/v1/jobs/{job_id}/logs", params={"offset": offset})  # type: ignore[no-any-return]
+
+    def follow_logs(self, job_id: str, poll: float = 0.5) -> Iterator[str]:
+        """Yield a job's log text as it is written, until the job ends."""
+        offset = 0
+        while True:
+            chunk = self.logs(job_id, offset)
+            if chunk["text"]:
+                yield chunk["text"]
+            offset = chunk["next_offset"]
+            if chunk["complete"]:
+                return
+            if not chunk["text"]:
+                time.sleep(poll)
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll: float = 0.25,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll a job until it ends; ``on_update`` sees every record on the way."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_update is not None:
+                on_update(job)
+            if JobState(job["state"]).terminal:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {job['state']} after {timeout} s")
+            time.sleep(poll)
+
+    def results(self, job_id: str) -> list[dict[str, Any]]:
+        """The result files of a succeeded job."""
+        return self._json("GET", f"/v1/jobs/{job_id}/results")["data"]  # type: ignore[no-any-return]
+
+    def download(self, job_id: str, filename: str, directory: str | Path) -> Path:
+        """Stream one result file into ``directory``."""
+        target = Path(directory) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/results/{filename}") as response:
+            if response.status_code >= 400:
+                response.read()
+                self._raise_for(response)
+            with open(target, "wb") as out:
+                for block in response.iter_bytes():
+                    out.write(block)
+        return target
+
+    def _raise_for(self, response: httpx.Response) -> None:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise _ERRORS.get(response.status_code, errors.InsituError)(str(detail))
+
+    def download_all(self, job_id: str, directory: str | Path) -> list[Path]:
+        """Download every result and the provenance of a job."""
+        names = [r["filename"] for r in self.results(job_id)] + ["provenance.json"]
+        return [self.download(job_id, name, directory) for name in names]
+
+    def result(self, job_id: str, key: str) -> Any:
+        """Load one result into memory: an ndarray, a DataFrame, a JSON value or PNG bytes."""
+        records = {r["key"]: r for r in self.results(job_id)}
+        if key not in records:
+            raise errors.NotFound(
+                f"job {job_id} has no result {key!r}; it has {', '.join(records)}"
+            )
+        record = records[key]
+        data = self._request("GET", f"/v1/jobs/{job_id}/results/{record['filename']}").content
+        if record["kind"] == "array":
+            import numpy as np
+
+            return np.load(io.BytesIO(data), allow_pickle=False)
+        if record["kind"] == "table":
+            import pandas as pd
+
+            return pd.read_parquet(io.BytesIO(data))
+        if record["kind"] == "json":
+            return json.loads(data)
+        return data

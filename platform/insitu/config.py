@@ -1,0 +1,129 @@
+"""All of insitu's configuration, in one pydantic-settings model.
+
+Every field can be set from the environment with the ``INSITU_`` prefix; nested
+sections use a double underscore, e.g. ``INSITU_LIMITS__MAX_RESULT_BYTES=64MiB``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from insitu.units import parse_duration, parse_size
+
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class ServerSettings(BaseModel):
+    """Where the API listens."""
+
+    host: str = Field("127.0.0.1", description="Interface the API binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port of the API.")
+
+
+class LimitSettings(BaseModel):
+    """Platform-wide ceilings; a job spec may ask for less, never more."""
+
+    max_result_bytes: ByteSize = Field(
+        parse_size("256MiB"), description="Largest result a job may return, whatever its spec says."
+    )
+    max_workers: int = Field(8, ge=1, description="Most Dask workers one job may ask for.")
+    max_threads_per_worker: int = Field(8, ge=1, description="Most threads per worker.")
+    max_memory_per_worker: ByteSize = Field(
+        parse_size("16GiB"), description="Most memory per worker."
+    )
+    max_timeout: Seconds = Field(parse_duration("24h"), description="Longest wall time of a job.")
+    max_code_bundle_bytes: ByteSize = Field(
+        parse_size("20MiB"), description="Largest uploaded code bundle (compressed)."
+    )
+    max_code_bundle_unpacked_bytes: ByteSize = Field(
+        parse_size("100MiB"), description="Largest code bundle once unpacked."
+    )
+
+
+class DispatcherSettings(BaseModel):
+    """How queued jobs are claimed and watched."""
+
+    id: str = Field(
+        default_factory=socket.gethostname,
+        description="Stable name of this dispatcher; after a restart it re-adopts its own jobs.",
+    )
+    poll_interval: Seconds = Field(0.2, description="Seconds between reconciliation passes.")
+    max_running_jobs: int = Field(
+        4, ge=1, description="Jobs this dispatcher runs at once; the rest wait in the queue."
+    )
+    lease: Seconds = Field(
+        30.0, description="A job whose dispatcher has not renewed it this long may be adopted."
+    )
+    cancel_grace: Seconds = Field(5.0, description="Seconds a cancelled job gets to stop cleanly.")
+
+
+class LocalBackendSettings(BaseModel):
+    """The local backend: one process with a Dask LocalCluster per job."""
+
+    worker_processes: bool = Field(
+        True, description="Run Dask workers as separate processes (False: threads in the runner)."
+    )
+
+
+class Settings(BaseSettings):
+    """insitu's settings. Read once per process with :func:`get_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="INSITU_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    home: Path = Field(
+        default_factory=lambda: Path.home() / ".insitu",
+        description="Directory for the embedded database, job workspaces and the admin token.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the job database; default is SQLite under home. "
+        "Use postgresql+psycopg://... in production.",
+    )
+    backend: Literal["local"] = Field("local", description="Execution backend for jobs.")
+    workspace_url: str | None = Field(
+        None,
+        description="Where job inputs, logs and results live (a file:// or s3:// prefix); "
+        "default is home/jobs.",
+    )
+    url: str = Field("http://127.0.0.1:8000", description="Base URL clients use to reach the API.")
+    token: str | None = Field(None, description="API token the client sends.")
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
+    local: LocalBackendSettings = Field(default_factory=LocalBackendSettings)
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        """The database URL in force, defaulting to SQLite under ``home``."""
+        return self.database_url or f"sqlite:///{self.home / 'insitu.db'}"
+
+    @cached_property
+    def resolved_workspace_url(self) -> str:
+        """The URL prefix under which each job gets its own workspace."""
+        return (self.workspace_url or (self.home / "jobs").as_uri()).rstrip("/")
+
+    @property
+    def admin_token_path(self) -> Path:
+        """Where the first start writes the admin token (mode 600)."""
+        return self.home / "admin-token"
+
+    def ensure_home(self) -> Path:
+        """Create ``home`` (mode 700) if needed and return it."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.home, 0o700)
+        return self.home
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, with explicit overrides on top."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,167 @@
+"""Data-layer queries. They flush at most; the service owning the unit of work commits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from insitu.db.models import ApiToken, Dataset, Job, JobEvent, User, utcnow
+from insitu.errors import Conflict, NotFound
+from insitu.states import ACTIVE, JobState, can_transition
+
+
+def user_by_token_hash(session: Session, token_hash: str) -> User | None:
+    """The active user owning an unrevoked token with this hash."""
+    return session.scalar(
+        select(User)
+        .join(ApiToken)
+        .where(
+            ApiToken.token_hash == token_hash,
+            ApiToken.revoked_at.is_(None),
+            User.disabled_at.is_(None),
+        )
+    )
+
+
+def user_by_name(session: Session, name: str) -> User | None:
+    return session.scalar(select(User).where(User.name == name))
+
+
+def count_users(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(User)) or 0
+
+
+def dataset_by_name(session: Session, name: str) -> Dataset:
+    """A dataset by its catalog name, or :class:`NotFound` with a hint."""
+    dataset = session.scalar(select(Dataset).where(Dataset.name == name))
+    if dataset is None:
+        raise NotFound(
+            f"dataset {name!r} is not registered; 'insitu datasets list' shows the catalog"
+        )
+    return dataset
+
+
+def list_datasets(session: Session) -> Sequence[Dataset]:
+    return session.scalars(select(Dataset).order_by(Dataset.name)).all()
+
+
+def job_by_id(session: Session, job_id: str, *, lock: bool = False) -> Job:
+    """A job by id (optionally locked for update), or :class:`NotFound`."""
+    query = select(Job).where(Job.id == job_id)
+    if lock:
+        query = query.with_for_update()
+    job = session.scalar(query)
+    if job is None:
+        raise NotFound(f"job {job_id!r} does not exist; 'insitu list' shows your jobs")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    owner_id: int | None = None,
+    states: Sequence[str] = (),
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[Sequence[Job], int]:
+    """Jobs newest first, with the total count matching the filter."""
+    query = select(Job)
+    if owner_id is not None:
+        query = query.where(Job.owner_id == owner_id)
+    if states:
+        query = query.where(Job.state.in_(list(states)))
+    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+    ).all()
+    return rows, count
+
+
+def transition(session: Session, job: Job, to: JobState, reason: str) -> JobEvent:
+    """Move ``job`` to state ``to``, checked against the transition table, and record why."""
+    source = JobState(job.state)
+    if not can_transition(source, to):
+        raise Conflict(f"job {job.id} is {source.value} and cannot become {to.value}")
+    now = utcnow()
+    job.state = to.value
+    job.reason = reason
+    job.updated_at = now
+    if to == JobState.PROVISIONING:
+        job.started_at = now
+    if to.terminal:
+        job.finished_at = now
+        job.lease_owner = None
+        job.lease_expires_at = None
+    return add_event(session, job, source, to, reason)
+
+
+def add_event(
+    session: Session, job: Job, source: JobState | None, to: JobState, reason: str
+) -> JobEvent:
+    """Record a state change of ``job`` (its first one has no source)."""
+    event = JobEvent(
+        job_id=job.id,
+        at=utcnow(),
+        from_state=source.value if source else None,
+        to_state=to.value,
+        reason=reason,
+    )
+    session.add(event)
+    return event
+
+
+def claim_queued(session: Session, owner: str, limit: int, lease_until: datetime) -> list[Job]:
+    """Lock up to ``limit`` queued jobs, oldest first, skipping rows others hold."""
+    if limit <= 0:
+        return []
+    jobs = list(
+        session.scalars(
+            select(Job)
+            .where(Job.state == JobState.QUEUED.value)
+            .order_by(Job.created_at, Job.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+    )
+    for job in jobs:
+        job.lease_owner, job.lease_expires_at = owner, lease_until
+    return jobs
+
+
+def claim_active(session: Session, owner: str, now: datetime, lease_until: datetime) -> list[Job]:
+    """Active jobs this dispatcher holds, or whose lease ran out; renew their lease."""
+    jobs = list(
+        session.scalars(
+            select(Job)
+            .where(
+                Job.state.in_([s.value for s in ACTIVE]),
+                or_(
+                    Job.lease_owner == owner,
+                    Job.lease_owner.is_(None),
+                    Job.lease_expires_at < now,
+                ),
+            )
+            .order_by(Job.created_at)
+            .with_for_update(skip_locked=True)
+        ).all()
+    )
+    for job in jobs:
+        job.lease_owner, job.lease_expires_at = owner, lease_until
+    return jobs
+
+
+def count_active(session: Session) -> int:
+    return (
+        session.scalar(
+            select(func.count()).select_from(Job).where(Job.state.in_([s.value for s in ACTIVE]))
+        )
+        or 0
+    )
+
+
+def live_job_ids(session: Session) -> set[str]:
+    """Ids of jobs that are not finished."""
+    return set(session.scalars(select(Job.id).where(Job.finished_at.is_(None))).all())

@@ -1,0 +1,348 @@
+"""The dispatcher: claims queued jobs, runs them on a backend, and drives each to its end.
+
+One reconciliation pass at a time, every ``poll_interval``. Job state lives only in
+the database, so a restarted dispatcher picks up where it left off: it re-adopts
+the jobs it held (or any whose lease ran out), and a job whose process vanished
+meanwhile is failed with a reason instead of being left running forever. Several
+dispatchers can share one PostgreSQL database: rows are claimed with
+``FOR UPDATE SKIP LOCKED`` and held by renewable leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from insitu.backends.base import Backend, BackendPhase, BackendStatus, JobHandle, LaunchRequest
+from insitu.config import Settings
+from insitu.db import queries
+from insitu.db.engine import Database
+from insitu.db.models import Job, utcnow
+from insitu.runtime.workspace import (
+    OUTCOME_FILE,
+    RESULTS_DIR,
+    STATUS_FILE,
+    Outcome,
+    Progress,
+    Workspace,
+)
+from insitu.spec import Resources
+from insitu.states import JobState
+from insitu.units import format_duration, format_size
+
+log = logging.getLogger("insitu.dispatcher")
+
+
+@dataclass
+class _Observation:
+    """What one pass learned about an active job outside the database."""
+
+    status: BackendStatus | None
+    progress: Progress | None
+    outcome: Outcome | None
+    results_bytes: int | None = None
+
+
+class Dispatcher:
+    """Moves jobs from queued to a final state on one backend."""
+
+    def __init__(self, settings: Settings, db: Database, backend: Backend) -> None:
+        self.settings, self.db, self.backend = settings, db, backend
+        self.owner = settings.dispatcher.id
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        """Run the next pass now (a job was submitted or cancelled)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Reconcile until :meth:`stop`; survives errors in a pass."""
+        await self._startup()
+        while not self._stopping:
+            try:
+                await self.reconcile_once()
+            except Exception:
+                log.exception("reconciliation pass failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.dispatcher.poll_interval)
+            self._wake.clear()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def _startup(self) -> None:
+        live = await asyncio.to_thread(self._live_ids)
+        removed = await self.backend.cleanup_orphans(live)
+        if removed:
+            log.warning("removed leftovers of finished jobs: %s", ", ".join(removed))
+
+    def _live_ids(self) -> set[str]:
+        with self.db.session() as session:
+            return queries.live_job_ids(session)
+
+    async def reconcile_once(self) -> None:
+        """One pass: watch active jobs, then start queued ones if there is room."""
+        active = await asyncio.to_thread(self._claim_active)
+        await self._watch(active)
+        room = self.settings.dispatcher.max_running_jobs - sum(
+            1 for job in active if not JobState(job.state).terminal
+        )
+        if room > 0:
+            admitted = await asyncio.to_thread(self._admit, room)
+            for job in admitted:
+                await self._start(job)
+
+    # -- database steps (run in a thread) -------------------------------------------------
+
+    def _lease_until(self) -> tuple[object, object]:
+        now = utcnow()
+        return now, now + timedelta(seconds=self.settings.dispatcher.lease)
+
+    def _claim_active(self) -> list[Job]:
+        now, until = self._lease_until()
+        with self.db.session() as session:
+            jobs = queries.claim_active(session, self.owner, now, until)  # type: ignore[arg-type]
+            session.commit()
+            return jobs
+
+    def _admit(self, room: int) -> list[Job]:
+        _, until = self._lease_until()
+        with self.db.session() as session:
+            jobs = queries.claim_queued(session, self.owner, room, until)  # type: ignore[arg-type]
+            for job in jobs:
+                queries.transition(
+                    session, job, JobState.ADMITTED, f"admitted by dispatcher {self.owner}"
+                )
+            session.commit()
+            return jobs
+
+    def _apply(self, job_id: str, to: JobState | None, reason: str = "", **fields: object) -> None:
+        """Update fields of a job and move it to ``to``, in one transaction."""
+        with self.db.session() as session:
+            job = queries.job_by_id(session, job_id, lock=True)
+            if JobState(job.state).terminal:
+                return
+            for name, value in fields.items():
+                setattr(job, name, value)
+            if to is not None and JobState(job.state) != to:
+                queries.transition(session, job, to, reason)
+            session.commit()
+
+    # -- backend steps ----------------------------------------------------------------------
+
+    async def _start(self, job: Job) -> None:
+        resources = Resources.model_validate(job.spec.get("resources", {}))
+        request = LaunchRequest(
+            job_id=job.id,
+            workspace_url=job.workspace,
+            resources=resources,
+            timeout_s=job.timeout_s,
+            image=job.spec.get("analysis", {}).get("image"),
+        )
+        try:
+            handle = await self.backend.start(request)
+        except Exception as exc:
+            log.exception("could not start job %s", job.id)
+            await asyncio.to_thread(
+                self._apply,
+                job.id,
+                JobState.FAILED,
+                f"the {self.backend.name} backend could not start the job: {exc}",
+                error=f"could not start the job: {exc}",
+                error_kind="backend_error",
+            )
+            return
+        await asyncio.to_thread(
+            self._apply,
+            job.id,
+            JobState.PROVISIONING,
+            f"starting a Dask cluster with {resources.workers} worker(s) x "
+            f"{resources.threads_per_worker} thread(s) on the {self.backend.name} backend",
+            handle=handle.to_json(),
+        )
+
+    async def _observe(self, jobs: list[Job]) -> dict[str, _Observation]:
+        handles = [JobHandle.from_json(j.handle) for j in jobs if j.handle]
+        statuses = await self.backend.status(handles) if handles else {}
+
+        def read(job: Job) -> _Observation:
+            workspace = Workspace(job.workspace)
+            status = statuses.get(job.id)
+            outcome = None
+            results_bytes = None
+            if status is not None and status.phase in (BackendPhase.EXITED, BackendPhase.MISSING):
+                outcome = workspace.read_model(OUTCOME_FILE, Outcome)
+                if outcome is not None and outcome.ok:
+                    results_bytes = sum(
+                        size
+                        for name, size in workspace.listdir(RESULTS_DIR)
+                        if name != "provenance.json"
+                    )
+            return _Observation(
+                status, workspace.read_model(STATUS_FILE, Progress), outcome, results_bytes
+            )
+
+        observed = await asyncio.gather(*(asyncio.to_thread(read, job) for job in jobs))
+        return {job.id: obs for job, obs in zip(jobs, observed, strict=True)}
+
+    async def _watch(self, jobs: list[Job]) -> None:
+        jobs = [
+            j
+            for j in jobs
+            if j.state
+            in (JobState.PROVISIONING.value, JobState.RUNNING.value, JobState.ADMITTED.value)
+        ]
+        if not jobs:
+            return
+        started = [j for j in jobs if j.handle]
+        # A job admitted but never started (the dispatcher stopped in between) starts now.
+        for job in jobs:
+            if job.handle or job.state != JobState.ADMITTED.value:
+                continue
+            if job.target == JobState.CANCELLED.value:
+                await asyncio.to_thread(
+                    self._apply, job.id, JobState.CANCELLED, job.reason or "cancelled"
+                )
+            else:
+                await self._start(job)
+        observations = await self._observe(started)
+        now = utcnow()
+        for job in started:
+            obs = observations[job.id]
+            handle = JobHandle.from_json(job.handle)  # type: ignore[arg-type]
+            if job.target == JobState.CANCELLED.value:
+                await self.backend.cancel(handle, self.settings.dispatcher.cancel_grace)
+                await asyncio.to_thread(
+                    self._apply,
+                    job.id,
+                    JobState.CANCELLED,
+                    job.reason or "cancelled",
+                    **self._progress_fields(obs),
+                )
+                continue
+            if obs.status is not None and obs.status.phase in (
+                BackendPhase.EXITED,
+                BackendPhase.MISSING,
+            ):
+                await self._finish(job, handle, obs)
+                continue
+            elapsed = (now - job.started_at).total_seconds() if job.started_at else 0.0
+            if elapsed > job.timeout_s:
+                await self.backend.cancel(handle, self.settings.dispatcher.cancel_grace)
+                limit = format_duration(job.timeout_s)
+                await asyncio.to_thread(
+                    self._apply,
+                    job.id,
+                    JobState.TIMED_OUT,
+                    f"ran longer than its limit of {limit} (limits.timeout) and was stopped",
+                    error=f"the job did not finish within its time limit of {limit}; select less, "
+                    "ask for more workers, or raise limits.timeout",
+                    error_kind="timed_out",
+                    **self._progress_fields(obs),
+                )
+                continue
+            running = obs.progress is not None and obs.progress.phase in ("running", "writing")
+            to = JobState.RUNNING if running else None
+            await asyncio.to_thread(
+                self._apply,
+                job.id,
+                to,
+                "the Dask cluster is up and the analysis is running",
+                **self._progress_fields(obs),
+            )
+
+    @staticmethod
+    def _progress_fields(obs: _Observation) -> dict[str, object]:
+        if obs.progress is None:
+            return {}
+        return {
+            "chunks_done": obs.progress.chunks_done,
+            "chunks_total": obs.progress.chunks_total,
+            "bytes_scanned": obs.progress.bytes_scanned,
+        }
+
+    async def _finish(self, job: Job, handle: JobHandle, obs: _Observation) -> None:
+        await self.backend.cleanup(handle)
+        outcome = obs.outcome
+        if outcome is None:
+            code = obs.status.exit_code if obs.status else None
+            detail = f" with exit code {code}" if code is not None else ""
+            if obs.status and obs.status.detail:
+                detail += f" ({obs.status.detail})"
+            reason = (
+                f"the job's runner stopped{detail} before reporting an outcome; "
+                f"see 'insitu logs {job.id}'"
+            )
+            await asyncio.to_thread(
+                self._apply,
+                job.id,
+                JobState.FAILED,
+                reason,
+                error=reason,
+                error_kind="lost",
+                **self._progress_fields(obs),
+            )
+            return
+        fields: dict[str, object] = {
+            "bytes_scanned": outcome.bytes_scanned,
+            "bytes_selected": outcome.bytes_selected,
+            "bytes_returned": outcome.bytes_returned,
+            "core_seconds": outcome.core_seconds,
+            "chunks_done": outcome.chunks_read
+            if outcome.ok
+            else (obs.progress.chunks_done if obs.progress else 0),
+            "chunks_total": obs.progress.chunks_total if obs.progress else 0,
+        }
+        if (
+            outcome.ok
+            and obs.results_bytes is not None
+            and obs.results_bytes > job.result_cap_bytes
+        ):
+            from insitu.runtime.results import too_large_message
+
+            message = too_large_message(obs.results_bytes, job.result_cap_bytes)
+            await asyncio.to_thread(self._discard_results, job)
+            await asyncio.to_thread(
+                self._apply,
+                job.id,
+                JobState.FAILED,
+                message,
+                error=message,
+                error_kind="result_too_large",
+                **fields,
+            )
+            return
+        if outcome.ok:
+            fields["chunks_done"] = fields["chunks_total"] or outcome.chunks_read
+            summary = (
+                f"scanned {format_size(outcome.bytes_scanned)}, returned "
+                f"{format_size(outcome.bytes_returned)} in {len(outcome.results)} result(s)"
+            )
+            await asyncio.to_thread(
+                self._apply,
+                job.id,
+                JobState.SUCCEEDED,
+                summary,
+                results=[r.model_dump(mode="json") for r in outcome.results],
+                **fields,
+            )
+        else:
+            await asyncio.to_thread(
+                self._apply,
+                job.id,
+                JobState.FAILED,
+                outcome.error or "the job failed",
+                error=outcome.error,
+                error_kind=outcome.error_kind,
+                **fields,
+            )
+
+    def _discard_results(self, job: Job) -> None:
+        workspace = Workspace(job.workspace)
+        for name, _ in workspace.listdir(RESULTS_DIR):
+            workspace.fs.rm(workspace.path(f"{RESULTS_DIR}/{name}"))

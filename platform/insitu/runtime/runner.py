@@ -1,0 +1,332 @@
+"""Run one job: open the selection, call the analysis, compute, write results.
+
+Usage inside any backend: ``python -m insitu.runtime WORKSPACE_URL [--scheduler ADDRESS]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+
+from insitu import __version__
+from insitu.errors import AnalysisFailed, InsituError, ResultTooLarge
+from insitu.runtime import bundle, metering
+from insitu.runtime.context import RunContext
+from insitu.runtime.reader import open_selection
+from insitu.runtime.results import Encoded, check_cap, encode, too_large_message
+from insitu.runtime.workspace import (
+    CODE_FILE,
+    JOB_FILE,
+    OUTCOME_FILE,
+    PROVENANCE_FILE,
+    RESULTS_DIR,
+    STATUS_FILE,
+    JobInput,
+    Outcome,
+    Progress,
+    ResultFile,
+    Workspace,
+)
+from insitu.units import format_size
+
+log = logging.getLogger("insitu.runtime")
+PROGRESS_INTERVAL = 0.5
+
+
+def import_entrypoint(entrypoint: str) -> Any:
+    """Import ``module:function`` from the environment or the unpacked code bundle."""
+    module_name, _, function_name = entrypoint.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise AnalysisFailed(
+            f"cannot import {module_name!r} for entrypoint {entrypoint!r} ({exc}); upload your "
+            "code with 'insitu submit SPEC --code DIR', or use an image that installs it"
+        ) from None
+    except Exception as exc:
+        raise AnalysisFailed(
+            f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise AnalysisFailed(f"module {module_name!r} has no function {function_name!r}")
+    return function
+
+
+def _user_frame(exc: BaseException) -> str:
+    """File and line of the innermost frame outside dask, numpy and insitu."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    for frame in reversed(frames):
+        if not any(
+            part in frame.filename for part in ("/dask/", "/numpy/", "/insitu/", "/distributed/")
+        ):
+            return f" (at {Path(frame.filename).name} line {frame.lineno})"
+    return ""
+
+
+class ProgressReporter:
+    """Writes chunks done and bytes read to ``status.json`` while the job computes."""
+
+    def __init__(self, workspace: Workspace, client: Any, chunks_total: int) -> None:
+        self.workspace, self.client, self.chunks_total = workspace, client, chunks_total
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="insitu-progress", daemon=True)
+
+    def counts(self) -> dict[str, int]:
+        """Bytes and chunks read so far, over the whole cluster."""
+        snapshots = [metering.snapshot()]
+        if self.client is not None:
+            snapshots += list(self.client.run(metering.snapshot).values())
+        return metering.total(snapshots)
+
+    def write(self, phase: str = "running") -> dict[str, int]:
+        counts = self.counts()
+        self.workspace.write_model(
+            STATUS_FILE,
+            Progress(
+                phase=phase,  # type: ignore[arg-type]
+                chunks_done=min(counts["chunks"], self.chunks_total),
+                chunks_total=self.chunks_total,
+                bytes_scanned=counts["bytes"],
+            ),
+        )
+        return counts
+
+    def _loop(self) -> None:
+        while not self._stop.wait(PROGRESS_INTERVAL):
+            try:
+                self.write()
+            except Exception as exc:  # progress is best effort; the job goes on
+                log.debug("progress report failed: %s", exc)
+
+    def __enter__(self) -> ProgressReporter:
+        self.write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def start_cluster(job: JobInput, stack: ExitStack, scheduler: str | None) -> Any:
+    """A Dask client on the job's cluster: a given scheduler, or a LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        return stack.enter_context(Client(scheduler, set_as_default=True))
+    resources = job.spec.get("resources", {})
+    cluster = stack.enter_context(
+        LocalCluster(
+            n_workers=int(resources.get("workers", 1)),
+            threads_per_worker=int(resources.get("threads_per_worker", 1)),
+            memory_limit=int(resources.get("memory_per_worker", 2 << 30)),
+            processes=job.worker_processes,
+            dashboard_address=None,
+            silence_logs=logging.WARNING,
+        )
+    )
+    return stack.enter_context(Client(cluster, set_as_default=True))
+
+
+def _compute(returned: dict[str, Any], cap: int) -> dict[str, Any]:
+    """Compute the lazy results together, refusing arrays known to exceed the cap first."""
+    lazy = {k: v for k, v in returned.items() if dask.is_dask_collection(v)}
+    known = sum(
+        int(math.prod(v.shape)) * v.dtype.itemsize
+        for v in lazy.values()
+        if hasattr(v, "shape") and hasattr(v, "dtype") and not any(map(math.isnan, v.shape))
+    )
+    if known > cap:
+        raise ResultTooLarge(too_large_message(known, cap))
+    if lazy:
+        values = dask.compute(*lazy.values())
+        returned = {**returned, **dict(zip(lazy, values, strict=True))}
+    return returned
+
+
+def _provenance(job: JobInput, encoded: list[Encoded], outcome: Outcome) -> dict[str, Any]:
+    store_scoped = job.storage_options.get("scoped", False)
+    return {
+        "job_id": job.job_id,
+        "created_at": datetime.now(UTC).isoformat(),
+        "insitu_version": __version__,
+        "spec": job.spec,
+        "spec_sha256": job.spec_digest,
+        "image": job.image,
+        "environment": {
+            "python": platform.python_version(),
+            "dask": dask.__version__,
+            "numpy": np.__version__,
+            "zarr": importlib.import_module("zarr").__version__,
+        },
+        "code_bundle_sha256": job.code_bundle_digest,
+        "dataset": {
+            "name": job.dataset,
+            "url": job.dataset_url,
+            "version": job.dataset_version,
+            "array": job.array.path,
+            "selection": dict(zip(job.array.axes, job.ranges, strict=True)),
+        },
+        "access_scope": "enforced by the store's credentials"
+        if store_scoped
+        else "not enforced by the store; the runtime opened only this dataset",
+        "bytes_scanned": outcome.bytes_scanned,
+        "bytes_returned": outcome.bytes_returned,
+        "timings": outcome.timings,
+        "results": [{"file": e.filename, "sha256": e.sha256, "size": len(e.data)} for e in encoded],
+    }
+
+
+def run_job(workspace: Workspace, job: JobInput, scheduler: str | None = None) -> Outcome:
+    """Run the job described by ``job``; always returns an outcome, never raises."""
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    outcome = Outcome(ok=False)
+    cores = int(job.spec.get("resources", {}).get("workers", 1)) * int(
+        job.spec.get("resources", {}).get("threads_per_worker", 1)
+    )
+    with ExitStack() as stack:
+        reporter: ProgressReporter | None = None
+        try:
+            code = workspace.read_bytes(CODE_FILE) if job.code_bundle_digest else None
+            if code is not None:
+                code_dir = Path(
+                    stack.enter_context(tempfile.TemporaryDirectory(prefix="insitu-code-"))
+                )
+                bundle.extract(code, code_dir)
+                sys.path.insert(0, str(code_dir))
+                os.environ["PYTHONPATH"] = os.pathsep.join(
+                    p for p in (str(code_dir), os.environ.get("PYTHONPATH")) if p
+                )
+            function = import_entrypoint(job.spec["analysis"]["entrypoint"])
+            client = start_cluster(job, stack, scheduler)
+            client.run(metering.reset)
+            timings["cluster_start_s"] = time.perf_counter() - started
+            cluster_up = time.perf_counter()
+            data = open_selection(job.dataset_url, job.array, job.ranges, job.storage_options)
+            outcome.bytes_selected = int(data.nbytes)
+            context = RunContext(
+                job_id=job.job_id,
+                dataset=job.dataset,
+                array=job.array,
+                selection=dict(zip(job.array.axes, job.ranges, strict=True)),
+                params=dict(job.spec["analysis"].get("params", {})),
+                client=client,
+                _dataset_url=job.dataset_url,
+                _storage_options=job.storage_options,
+            )
+            log.info(
+                "running %s on %s[%s] %s (%s selected, %d chunks) with %d cores",
+                job.spec["analysis"]["entrypoint"],
+                job.dataset,
+                job.array.path,
+                list(data.shape),
+                format_size(data.nbytes),
+                data.npartitions,
+                cores,
+            )
+            reporter = stack.enter_context(ProgressReporter(workspace, client, data.npartitions))
+            try:
+                returned = function(data, context=context, **context.params)
+                if not isinstance(returned, dict):
+                    raise AnalysisFailed(
+                        f"the analysis returned a {type(returned).__name__}; return a dict "
+                        "that maps result names to values, e.g. {'mean': data.mean(axis=0)}"
+                    )
+                computed = _compute(returned, job.result_cap_bytes)
+            except InsituError:
+                raise
+            except Exception as exc:
+                log.error("the analysis raised:\n%s", traceback.format_exc())
+                raise AnalysisFailed(
+                    f"the analysis raised {type(exc).__name__}: {exc}{_user_frame(exc)}"
+                ) from exc
+            timings["compute_s"] = time.perf_counter() - cluster_up
+            encoded = [encode(key, value) for key, value in computed.items()]
+            outcome.bytes_returned = check_cap(encoded, job.result_cap_bytes)
+            counts = reporter.write(phase="writing")
+            outcome.bytes_scanned, outcome.chunks_read = counts["bytes"], counts["chunks"]
+            for item in encoded:
+                workspace.write_bytes(f"{RESULTS_DIR}/{item.filename}", item.data)
+            outcome.results = [
+                ResultFile(
+                    key=e.key,
+                    filename=e.filename,
+                    kind=e.kind,
+                    media_type=e.media_type,  # type: ignore[arg-type]
+                    size=len(e.data),
+                    sha256=e.sha256,
+                    shape=e.shape,
+                    dtype=e.dtype,
+                )
+                for e in encoded
+            ]
+            outcome.ok = True
+        except InsituError as exc:
+            outcome.error, outcome.error_kind = exc.message, exc.code
+            log.error("job failed: %s", exc.message)
+        except Exception as exc:
+            log.error("internal error:\n%s", traceback.format_exc())
+            outcome.error = f"insitu's runtime failed: {type(exc).__name__}: {exc}"
+            outcome.error_kind = "internal"
+        finally:
+            if reporter is not None and not outcome.ok:
+                try:
+                    counts = reporter.counts()
+                    outcome.bytes_scanned, outcome.chunks_read = counts["bytes"], counts["chunks"]
+                except Exception:
+                    pass
+    timings["total_s"] = time.perf_counter() - started
+    outcome.timings = timings
+    outcome.core_seconds = cores * (timings["total_s"] - timings.get("cluster_start_s", 0.0))
+    if outcome.ok:
+        workspace.write_json(f"{RESULTS_DIR}/{PROVENANCE_FILE}", _provenance(job, encoded, outcome))
+    return outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m insitu.runtime``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m insitu.runtime", description=__doc__)
+    parser.add_argument("workspace", help="URL of the job's workspace (file:// or s3://)")
+    parser.add_argument("--scheduler", help="address of an existing Dask scheduler")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+        force=True,
+    )
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    workspace = Workspace(args.workspace)
+    job = workspace.read_model(JOB_FILE, JobInput)
+    if job is None:
+        print(f"no readable {JOB_FILE} in {args.workspace}", file=sys.stderr)
+        return 2
+    outcome = run_job(workspace, job, args.scheduler)
+    workspace.write_model(OUTCOME_FILE, outcome)
+    log.info(
+        "job %s %s: scanned %s, returned %s",
+        job.job_id,
+        "succeeded" if outcome.ok else "failed",
+        format_size(outcome.bytes_scanned),
+        format_size(outcome.bytes_returned),
+    )
+    return 0 if outcome.ok else 1

@@ -1,0 +1,79 @@
+"""Users and API tokens: tokens are random, shown once, and stored only as hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from enum import Enum
+
+from sqlalchemy.orm import Session
+
+from insitu.config import Settings
+from insitu.db import queries
+from insitu.db.engine import Database
+from insitu.db.models import ApiToken, User
+from insitu.errors import AuthenticationFailed, Conflict
+
+TOKEN_PREFIX = "insitu_"
+
+
+class Role(str, Enum):
+    """What a user may do; permissions per role arrive with access rules."""
+
+    ADMIN = "admin"
+    INSTRUCTOR = "instructor"
+    RESEARCHER = "researcher"
+    PARTICIPANT = "participant"
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 of a token; tokens carry 256 random bits, so no slow hash is needed."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token(session: Session, user: User) -> str:
+    """Create a token for ``user`` and return it in clear, the only time it is seen."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiToken(user=user, token_hash=hash_token(token), prefix=token[:12]))
+    return token
+
+
+def create_user(
+    session: Session, name: str, role: Role, email: str | None = None
+) -> tuple[User, str]:
+    """Add a user with a first token (not committed)."""
+    if queries.user_by_name(session, name) is not None:
+        raise Conflict(f"a user named {name!r} already exists")
+    user = User(name=name, role=role.value, email=email)
+    session.add(user)
+    session.flush()
+    return user, new_token(session, user)
+
+
+def authenticate(session: Session, token: str | None) -> User:
+    """The user a bearer token belongs to, or :class:`AuthenticationFailed`."""
+    if not token:
+        raise AuthenticationFailed(
+            "no API token; set INSITU_TOKEN (the admin token is in $INSITU_HOME/admin-token)"
+        )
+    user = queries.user_by_token_hash(session, hash_token(token))
+    if user is None:
+        raise AuthenticationFailed("the API token is unknown or revoked; ask for a new one")
+    return user
+
+
+def bootstrap_admin(db: Database, settings: Settings) -> str | None:
+    """On first start, create the admin user and write its token (mode 600) under home."""
+    with db.session() as session:
+        if queries.count_users(session) > 0:
+            return None
+        _, token = create_user(session, "admin", Role.ADMIN)
+        settings.ensure_home()
+        path = settings.admin_token_path
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+        os.chmod(path, 0o600)
+        session.commit()
+        return token

@@ -1,0 +1,166 @@
+"""Submit, cancel and read jobs: the units of work behind the jobs API."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from insitu import __version__
+from insitu.catalog import resolve_selection
+from insitu.config import Settings
+from insitu.db import queries
+from insitu.db.models import Job, User
+from insitu.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from insitu.runtime.workspace import CODE_FILE, JOB_FILE, JobInput, Workspace
+from insitu.services.auth import Role
+from insitu.services.bundles import BundleStore
+from insitu.services.datasets import info_of
+from insitu.spec import JobSpec, load_spec
+from insitu.states import JobState
+from insitu.units import format_duration, format_size
+
+
+def new_job_id() -> str:
+    """A short, unique, URL-safe job id."""
+    return "j-" + uuid.uuid4().hex[:12]
+
+
+def check_resources(spec: JobSpec, settings: Settings) -> None:
+    """Refuse resources above the platform's ceilings, saying what is allowed."""
+    limits, res = settings.limits, spec.resources
+    problems = []
+    if res.workers > limits.max_workers:
+        problems.append(
+            f"resources.workers = {res.workers} exceeds the maximum of {limits.max_workers}"
+        )
+    if res.threads_per_worker > limits.max_threads_per_worker:
+        problems.append(
+            f"resources.threads_per_worker = {res.threads_per_worker} exceeds the maximum of "
+            f"{limits.max_threads_per_worker}"
+        )
+    if res.memory_per_worker > limits.max_memory_per_worker:
+        problems.append(
+            f"resources.memory_per_worker = {format_size(res.memory_per_worker)} exceeds the "
+            f"maximum of {format_size(limits.max_memory_per_worker)}"
+        )
+    if spec.limits.timeout > limits.max_timeout:
+        problems.append(
+            f"limits.timeout = {format_duration(spec.limits.timeout)} exceeds the maximum of "
+            f"{format_duration(limits.max_timeout)}"
+        )
+    if res.gpu and settings.backend == "local":
+        problems.append("resources.gpu: the local backend has no GPUs; remove it or use kubernetes")
+    if problems:
+        raise InvalidInput("the job asks for more than this server allows: " + "; ".join(problems))
+
+
+def submit(
+    session: Session,
+    settings: Settings,
+    owner: User,
+    raw_spec: dict[str, Any] | str,
+    code_bundle: str | None = None,
+) -> Job:
+    """Validate a spec against the catalog and queue it (commits)."""
+    spec = load_spec(raw_spec)
+    check_resources(spec, settings)
+    dataset = queries.dataset_by_name(session, spec.dataset)
+    info = info_of(dataset)
+    array = info.array(spec.array, dataset=f"dataset {dataset.name!r}")
+    ranges = resolve_selection(array, spec.select, dataset=f"dataset {dataset.name!r}")
+    bundle_bytes = BundleStore(settings).get(code_bundle) if code_bundle else None
+
+    job_id = new_job_id()
+    workspace_url = f"{settings.resolved_workspace_url}/{job_id}"
+    cap = min(spec.limits.max_result_bytes, settings.limits.max_result_bytes)
+    job = Job(
+        id=job_id,
+        name=spec.display_name(),
+        owner_id=owner.id,
+        dataset_id=dataset.id,
+        spec=spec.model_dump(mode="json", by_alias=True),
+        spec_digest=spec.digest(),
+        code_bundle_digest=code_bundle,
+        array_path=array.path,
+        ranges=[list(r) for r in ranges],
+        state=JobState.QUEUED.value,
+        backend=settings.backend,
+        workspace=workspace_url,
+        timeout_s=spec.limits.timeout,
+        result_cap_bytes=cap,
+        cores=spec.resources.cores,
+        results=[],
+    )
+    session.add(job)
+    session.flush()
+    queries.add_event(session, job, None, JobState.QUEUED, f"submitted by {owner.name}")
+    workspace = Workspace(workspace_url)
+    if bundle_bytes is not None:
+        workspace.write_bytes(CODE_FILE, bundle_bytes)
+    workspace.write_model(
+        JOB_FILE,
+        JobInput(
+            job_id=job_id,
+            spec=job.spec,
+            spec_digest=job.spec_digest,
+            dataset=dataset.name,
+            dataset_url=dataset.url,
+            dataset_version=dataset.version,
+            array=array,
+            ranges=ranges,
+            result_cap_bytes=cap,
+            code_bundle_digest=code_bundle,
+            backend=settings.backend,
+            image=spec.analysis.image,
+            worker_processes=settings.local.worker_processes,
+            insitu_version=__version__,
+        ),
+    )
+    session.commit()
+    return job
+
+
+def visible_job(session: Session, user: User, job_id: str, *, lock: bool = False) -> Job:
+    """A job its caller may see: their own, or any for an admin."""
+    job = queries.job_by_id(session, job_id, lock=lock)
+    if job.owner_id != user.id and user.role != Role.ADMIN.value:
+        raise NotFound(f"job {job_id!r} does not exist; 'insitu list' shows your jobs")
+    return job
+
+
+def cancel(session: Session, user: User, job_id: str) -> Job:
+    """Cancel a job: at once if still queued, else ask its dispatcher to stop it (commits)."""
+    job = visible_job(session, user, job_id, lock=True)
+    state = JobState(job.state)
+    if state.terminal:
+        raise Conflict(f"job {job_id} already ended ({state.value}); there is nothing to cancel")
+    if state == JobState.QUEUED:
+        queries.transition(
+            session, job, JobState.CANCELLED, f"cancelled by {user.name} while queued"
+        )
+    else:
+        job.target = JobState.CANCELLED.value
+        job.reason = f"cancel requested by {user.name}"
+    session.commit()
+    return job
+
+
+def result_file(job: Job, filename: str) -> dict[str, Any]:
+    """The record of one result file of a finished job."""
+    if job.state != JobState.SUCCEEDED.value:
+        raise Conflict(f"job {job.id} is {job.state}; results exist only once it has succeeded")
+    names = [r["filename"] for r in job.results] + ["provenance.json"]
+    if filename not in names:
+        raise NotFound(f"job {job.id} has no result {filename!r}; it has {', '.join(names)}")
+    for record in job.results:
+        if record["filename"] == filename:
+            return dict(record)
+    return {"filename": filename, "media_type": "application/json"}
+
+
+def ensure_owner(job: Job, user: User) -> None:
+    """Only a job's owner and admins may act on it."""
+    if job.owner_id != user.id and user.role != Role.ADMIN.value:
+        raise PermissionDenied(f"job {job.id} belongs to another user")

@@ -1,0 +1,186 @@
+"""The job spec: what a researcher writes to run an analysis next to a dataset.
+
+The runtime imports this module too, so it depends only on pydantic and PyYAML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from insitu.errors import InvalidInput
+from insitu.units import parse_duration, parse_size
+
+API_VERSION = "insitu/v1"
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+_ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Analysis(_Strict):
+    """The code to run and its environment."""
+
+    image: str | None = Field(
+        None,
+        description="Container image holding the analysis environment "
+        "(ignored by the local backend, which uses the server's Python).",
+    )
+    entrypoint: str = Field(
+        description="The function to call, as 'package.module:function'.",
+        examples=["ophys_analyses.projection:mean_projection"],
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments passed to the function (JSON values)."
+    )
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint_form(cls, value: str) -> str:
+        if not _ENTRYPOINT_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not of the form 'package.module:function', e.g. 'my_analysis:run'"
+            )
+        return value
+
+
+class Resources(_Strict):
+    """The Dask cluster the job runs on."""
+
+    workers: int = Field(1, ge=1, description="Number of Dask workers.")
+    threads_per_worker: int = Field(2, ge=1, description="Threads in each worker.")
+    memory_per_worker: ByteSize = Field(
+        parse_size("2GiB"), description="Memory limit of each worker, e.g. '4GiB'."
+    )
+    gpu: int = Field(0, ge=0, description="GPUs per worker (Kubernetes backend only).")
+
+    @property
+    def cores(self) -> int:
+        """Cores the job holds while it runs."""
+        return self.workers * self.threads_per_worker
+
+
+class Limits(_Strict):
+    """Ceilings the job agrees to; the platform's own caps apply on top."""
+
+    timeout: Seconds = Field(parse_duration("30m"), description="Wall time, e.g. '30m' or '2h'.")
+    max_result_bytes: ByteSize = Field(
+        parse_size("64MiB"), description="Largest total size of the results, e.g. '16MiB'."
+    )
+
+
+class JobSpec(_Strict):
+    """A job: an analysis applied to a selection of one array of a dataset."""
+
+    api_version: Literal["insitu/v1"] = Field("insitu/v1", alias="apiVersion")
+    kind: Literal["Job"] = "Job"
+    name: str | None = Field(
+        None, description="Short name for people (lower case, digits, '.', '_', '-')."
+    )
+    dataset: str = Field(description="Catalog name of the dataset, e.g. 'ophys/session-001'.")
+    array: str | None = Field(
+        None, description="Array path inside the dataset; default is the full-resolution level."
+    )
+    select: dict[str, tuple[int | None, int | None]] = Field(
+        default_factory=dict,
+        description="Half-open [start, stop) ranges per named axis; null means the axis' end. "
+        "Axes not named are taken whole.",
+    )
+    analysis: Analysis
+    resources: Resources = Field(default_factory=Resources)
+    limits: Limits = Field(default_factory=Limits)
+
+    @field_validator("name")
+    @classmethod
+    def _name_form(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid job name; use up to 63 lower-case letters, "
+                "digits, '.', '_' or '-'"
+            )
+        return value
+
+    @field_validator("select")
+    @classmethod
+    def _ranges_ordered(
+        cls, value: dict[str, tuple[int | None, int | None]]
+    ) -> dict[str, tuple[int | None, int | None]]:
+        for axis, (start, stop) in value.items():
+            if (start is not None and start < 0) or (stop is not None and stop < 0):
+                raise ValueError(
+                    f"axis {axis!r}: negative bounds are not allowed, got [{start}, {stop}]"
+                )
+            if start is not None and stop is not None and stop <= start:
+                raise ValueError(
+                    f"axis {axis!r}: empty range [{start}, {stop}); stop must exceed start"
+                )
+        return value
+
+    def display_name(self) -> str:
+        """The job's name, or one derived from its entrypoint."""
+        return self.name or self.analysis.entrypoint.rsplit(":", 1)[-1].replace("_", "-")
+
+    def canonical_json(self) -> str:
+        """The spec as canonical JSON (sorted keys), the input of :meth:`digest`."""
+        return json.dumps(
+            self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":")
+        )
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical spec, recorded in every result's provenance."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def format_validation_error(error: ValidationError, root: str = "spec") -> str:
+    """Turn pydantic's error list into lines like ``spec.resources.workers: ...``."""
+    lines = []
+    for item in error.errors():
+        path = ".".join([root, *(str(p) for p in item["loc"])])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field; check its spelling against jobspecs/jobspec.schema.json"
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        lines.append(f"{path}: {message}")
+    return "invalid job spec:\n  " + "\n  ".join(lines)
+
+
+def load_spec(source: str | bytes | dict[str, Any]) -> JobSpec:
+    """Parse a spec from YAML or JSON text, or from a dict, with readable errors."""
+    if isinstance(source, bytes | str):
+        try:
+            data = yaml.safe_load(source)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "malformed"
+            raise InvalidInput(f"job spec is not valid YAML or JSON{where}: {problem}") from None
+    else:
+        data = source
+    if not isinstance(data, dict):
+        raise InvalidInput(
+            f"a job spec must be a mapping of fields (apiVersion, dataset, analysis, ...), "
+            f"got {type(data).__name__}"
+        )
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(format_validation_error(exc)) from None
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema published as ``jobspecs/jobspec.schema.json``."""
+    schema = JobSpec.model_json_schema(by_alias=True, mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://insitu.dev/schemas/jobspec.schema.json"
+    schema["title"] = "insitu job spec"
+    return schema
