@@ -73,10 +73,7 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise errors.InsituError(
-                f"cannot reach the insitu server at {self.url} ({exc.__class__.__name__}); "
-                "start one with 'insitu server' or set INSITU_URL"
-            ) from None
+            raise self._unreachable(exc) from None
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)
@@ -87,6 +84,12 @@ class Client:
             error = _ERRORS.get(response.status_code, errors.InsituError)
             raise error(detail)
         return response
+
+    def _unreachable(self, exc: httpx.TransportError) -> errors.InsituError:
+        return errors.InsituError(
+            f"cannot reach the insitu server at {self.url} ({exc.__class__.__name__}); "
+            "start one with 'insitu server' or set INSITU_URL"
+        )
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, path, **kwargs).json()
@@ -124,9 +127,19 @@ class Client:
         return str(response["digest"])
 
     def submit(
-        self, spec: dict[str, Any] | str | Path, *, code: str | Path | None = None
+        self,
+        spec: dict[str, Any] | str | Path,
+        *,
+        code: str | Path | None = None,
+        bundle: str | None = None,
     ) -> dict[str, Any]:
-        """Submit a job spec (a dict, YAML/JSON text, or a file path) with optional code."""
+        """Submit a job spec (a dict, YAML/JSON text, or a file path) with optional code.
+
+        ``code`` is a folder to pack and upload; ``bundle`` the id of a bundle uploaded
+        before with :meth:`upload_code`, to share one upload between several jobs.
+        """
+        if code is not None and bundle is not None:
+            raise errors.InvalidInput("give either a code folder or a bundle id, not both")
         if isinstance(spec, Path) or (
             isinstance(spec, str) and "\n" not in spec and spec.endswith((".yaml", ".yml", ".json"))
         ):
@@ -135,7 +148,7 @@ class Client:
                 spec = path.read_text()
             except OSError as exc:
                 raise errors.InvalidInput(f"cannot read job spec {path}: {exc.strerror}") from None
-        bundle_id = self.upload_code(code) if code is not None else None
+        bundle_id = self.upload_code(code) if code is not None else bundle
         return self._json(  # type: ignore[no-any-return]
             "POST", "/v1/jobs", json={"spec": spec, "code_bundle": bundle_id}
         )
@@ -164,6 +177,17 @@ class Client:
     def logs(self, job_id: str, offset: int = 0) -> dict[str, Any]:
         """A chunk of a job's log from ``offset``."""
         return self._json("GET", f"/v1/jobs/{job_id}/logs", params={"offset": offset})  # type: ignore[no-any-return]
+
+    def log_text(self, job_id: str) -> str:
+        """All of a job's log written so far."""
+        parts: list[str] = []
+        offset = 0
+        while True:
+            chunk = self.logs(job_id, offset)
+            if not chunk["text"] or chunk["next_offset"] == offset:
+                return "".join(parts)
+            parts.append(chunk["text"])
+            offset = chunk["next_offset"]
 
     def follow_logs(self, job_id: str, poll: float = 0.5) -> Iterator[str]:
         """Yield a job's log text as it is written, until the job ends."""
@@ -206,13 +230,16 @@ class Client:
         """Stream one result file into ``directory``."""
         target = Path(directory) / filename
         target.parent.mkdir(parents=True, exist_ok=True)
-        with self._http.stream("GET", f"/v1/jobs/{job_id}/results/{filename}") as response:
-            if response.status_code >= 400:
-                response.read()
-                self._raise_for(response)
-            with open(target, "wb") as out:
-                for block in response.iter_bytes():
-                    out.write(block)
+        try:
+            with self._http.stream("GET", f"/v1/jobs/{job_id}/results/{filename}") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._raise_for(response)
+                with open(target, "wb") as out:
+                    for block in response.iter_bytes():
+                        out.write(block)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
         return target
 
     def _raise_for(self, response: httpx.Response) -> None:

@@ -137,7 +137,7 @@ def start_cluster(job: JobInput, stack: ExitStack, scheduler: str | None) -> Any
             threads_per_worker=int(resources.get("threads_per_worker", 1)),
             memory_limit=int(resources.get("memory_per_worker", 2 << 30)),
             processes=job.worker_processes,
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port: jobs never clash on 8787
             silence_logs=logging.WARNING,
         )
     )

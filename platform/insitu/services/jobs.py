@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Any
 
+import numpy as np
 from sqlalchemy.orm import Session
 
 from insitu import __version__
@@ -91,6 +93,8 @@ def submit(
         timeout_s=spec.limits.timeout,
         result_cap_bytes=cap,
         cores=spec.resources.cores,
+        bytes_selected=math.prod(stop - start for start, stop in ranges)
+        * np.dtype(array.dtype).itemsize,
         results=[],
     )
     session.add(job)

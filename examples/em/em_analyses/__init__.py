@@ -1,0 +1,1 @@
+"""Example EM analyses for insitu: intensity histogram and 2x downsampling."""

@@ -1,0 +1,1 @@
+"""The ``insitu`` command line: a thin layer over :class:`insitu.Client`."""

@@ -1,0 +1,98 @@
+"""Dataset commands: register, list, show."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlparse
+
+import numpy as np
+import typer
+from rich.text import Text
+
+from insitu.cli import output
+from insitu.cli.app import connect
+from insitu.units import format_size
+
+app = typer.Typer(help="Register and inspect datasets (Zarr and OME-Zarr stores).")
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+NameArg = Annotated[
+    str,
+    typer.Argument(
+        help="Catalog name, e.g. ophys/session-001.", metavar="NAME", show_default=False
+    ),
+]
+
+
+def store_url(url: str) -> str:
+    """A local path given on the command line becomes absolute: the server may run elsewhere."""
+    if urlparse(url).scheme:
+        return url
+    return Path(url).expanduser().resolve().as_uri()
+
+
+def _show(dataset: dict[str, Any]) -> None:
+    out = output.stdout()
+    out.print(Text(dataset["name"], style="bold"), dataset["format"], dataset["url"], sep="  ")
+    if dataset.get("description"):
+        out.print(dataset["description"])
+    default = next((a for a in dataset["arrays"] if a["path"] == dataset["default_array"]), None)
+    if default is not None:
+        size = math.prod(default["shape"]) * np.dtype(default["dtype"]).itemsize
+        out.print(
+            f"default array {default['path'] or '(root)'!r} (*), "
+            f"{format_size(size)} uncompressed; "
+            f"access {dataset['access']}"
+        )
+    out.print(output.arrays_table(dataset))
+
+
+@app.command()
+def register(
+    name: NameArg,
+    url: Annotated[
+        str,
+        typer.Argument(
+            help="Where the Zarr store is: a path, file:///... or s3://bucket/path.zarr.",
+            metavar="URL",
+            show_default=False,
+        ),
+    ],
+    description: Annotated[
+        str | None, typer.Option("--description", "-d", help="A sentence for people.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a Zarr store under a catalog name; its arrays are read at once."""
+    with connect() as client:
+        dataset = client.register_dataset(name, store_url(url), description)
+    if as_json:
+        output.print_json(dataset)
+        return
+    output.stderr().print(f"registered {dataset['name']}")
+    _show(dataset)
+
+
+@app.command("list")
+def list_datasets(as_json: JsonOpt = False) -> None:
+    """The datasets in the catalog."""
+    with connect() as client:
+        datasets = client.datasets()
+    if as_json:
+        output.print_json(datasets)
+    elif not datasets:
+        output.stderr().print("no datasets yet; add one with 'insitu datasets register NAME URL'")
+    else:
+        output.stdout().print(output.datasets_table(datasets))
+
+
+@app.command()
+def show(name: NameArg, as_json: JsonOpt = False) -> None:
+    """One dataset: its arrays with shape, dtype, chunks, axes and level."""
+    with connect() as client:
+        dataset = client.dataset(name)
+    if as_json:
+        output.print_json(dataset)
+    else:
+        _show(dataset)

@@ -1,0 +1,205 @@
+"""Job commands: submit, status, list, logs, cancel, results."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.text import Text
+
+from insitu.cli import output
+from insitu.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, connect, fail
+from insitu.states import JobState
+
+JobArg = Annotated[
+    str, typer.Argument(help="The job id, e.g. j-1a2b3c4d5e6f.", metavar="JOB", show_default=False)
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def finish(job: dict[str, Any], *, as_json: bool) -> None:
+    """Report a finished job; exit 1 with its error unless it succeeded."""
+    if as_json:
+        output.print_json(job)
+    else:
+        output.stdout().print(output.summary_line(job))
+    if job["state"] != JobState.SUCCEEDED.value:
+        raise fail(job.get("error") or job.get("reason") or f"the job {job['state']}")
+    if not as_json:
+        output.stderr().print(
+            f"fetch the results with: insitu results {job['id']} --download {job['name']}/"
+        )
+
+
+def submit(
+    spec: Annotated[
+        Path,
+        typer.Argument(
+            help="The job spec (YAML or JSON).",
+            metavar="SPEC",
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+        ),
+    ],
+    code: Annotated[
+        Path | None,
+        typer.Option(
+            "--code",
+            help="A folder of your analysis code to upload with the job.",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="Show progress until the job ends; exit 1 unless it succeeds."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Submit a job spec, optionally with a folder of code."""
+    with connect() as client:
+        job = client.submit(spec, code=code)
+        if wait:
+            if not as_json:
+                output.stderr().print(f"submitted job {job['id']} ({job['name']})")
+            try:
+                job = client.wait(job["id"]) if as_json else output.watch(client, [job["id"]])[0]
+            except KeyboardInterrupt:
+                output.stderr().print(
+                    f"\nstopped watching; job {job['id']} goes on "
+                    f"('insitu cancel {job['id']}' stops it)"
+                )
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+            finish(job, as_json=as_json)
+            return
+    if as_json:
+        output.print_json(job)
+        return
+    out = output.stdout()
+    out.print(
+        f"submitted job {job['id']} ({job['name']}) on {job['dataset']} "
+        f"[{output.selection_text(job)}], {job['state']}"
+    )
+    out.print(f"follow it with: insitu status {job['id']}  or  insitu logs {job['id']} --follow")
+
+
+def status(job_id: JobArg, as_json: JsonOpt = False) -> None:
+    """A job's state, reason, error, progress, bytes scanned and returned, and its events."""
+    with connect() as client:
+        job = client.job(job_id)
+        if as_json:
+            output.print_json(job)
+            return
+        events = client.events(job_id)
+    out = output.stdout()
+    out.print(output.job_table(job))
+    out.print()
+    out.print(output.events_table(events))
+
+
+def list_jobs(
+    state: Annotated[
+        list[JobState] | None,
+        typer.Option("--state", help="Only jobs in this state (repeat for several)."),
+    ] = None,
+    all_users: Annotated[
+        bool, typer.Option("--all", help="Every user's jobs (admins only).")
+    ] = False,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=1000, help="At most this many.")
+    ] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """Your jobs, newest first."""
+    with connect() as client:
+        jobs = client.jobs(states=[s.value for s in state or []], limit=limit, all_users=all_users)
+    if as_json:
+        output.print_json(jobs)
+    elif not jobs:
+        output.stderr().print(
+            "no jobs" + (" in that state" if state else "; submit one with 'insitu submit'")
+        )
+    else:
+        output.stdout().print(output.jobs_table(jobs))
+
+
+def logs(
+    job_id: JobArg,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines until the job ends.")
+    ] = False,
+) -> None:
+    """A job's log (the analysis' context.log lines and the runner's messages)."""
+    with connect() as client:
+        if not follow:
+            sys.stdout.write(client.log_text(job_id))
+            sys.stdout.flush()
+            return
+        for text in client.follow_logs(job_id):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+
+def interactive() -> bool:
+    """Whether a person can answer a question (stdin is a terminal)."""
+    return sys.stdin.isatty()
+
+
+def cancel(
+    job_id: JobArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel a queued or running job (asks first unless --yes)."""
+    with connect() as client:
+        job = client.job(job_id)
+        if not yes and interactive():
+            question = f"Cancel job {job['id']} ({job['name']}, {job['state']})?"
+            if not typer.confirm(question, default=False, err=True):
+                output.stderr().print("not cancelled")
+                raise typer.Exit(EXIT_FAILED)
+        job = client.cancel(job_id)
+    if as_json:
+        output.print_json(job)
+        return
+    line = Text(f"job {job['id']} ")
+    line.append_text(output.state_text(job["state"]))
+    if job["state"] != JobState.CANCELLED.value:
+        line.append(", cancel requested; it stops within a few seconds")
+    output.stdout().print(line)
+
+
+def results(
+    job_id: JobArg,
+    download: Annotated[
+        Path | None,
+        typer.Option(
+            "--download", help="Download every result and provenance.json into this folder."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A succeeded job's results; with --download, fetch them."""
+    with connect() as client:
+        job = client.job(job_id)
+        if job["state"] != JobState.SUCCEEDED.value:
+            raise fail(
+                f"job {job_id} is {job['state']}; results exist only once it has succeeded"
+                + (f" ({job['error']})" if job.get("error") else "")
+            )
+        records = client.results(job_id)
+        if download is not None:
+            paths = client.download_all(job_id, download)
+            for record, path in zip(records, paths, strict=False):
+                record["path"] = str(path)
+    if as_json:
+        output.print_json(records)
+        return
+    output.stdout().print(output.results_table(records))
+    if download is not None:
+        output.stdout().print(
+            f"downloaded {len(paths)} files (the results and provenance.json) to {download}/"
+        )

@@ -1,0 +1,36 @@
+"""The ``insitu`` command: every command, and the entry point."""
+
+from __future__ import annotations
+
+import typer
+
+from insitu.cli import datasets, demo, jobs, server
+from insitu.cli.app import InsituGroup
+
+app = typer.Typer(
+    cls=InsituGroup,
+    name="insitu",
+    help="Send the analysis to the data: run analyses next to Zarr imaging data, "
+    "get back only the small result. INSITU_URL and INSITU_TOKEN choose the server "
+    "and your identity.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+app.command(rich_help_panel="Server")(server.server)
+app.command(rich_help_panel="Server")(demo.demo)
+app.command(rich_help_panel="Server")(server.version)
+app.add_typer(datasets.app, name="datasets", rich_help_panel="Data")
+app.command(rich_help_panel="Jobs")(jobs.submit)
+app.command(rich_help_panel="Jobs")(jobs.status)
+app.command("list", rich_help_panel="Jobs")(jobs.list_jobs)
+app.command(rich_help_panel="Jobs")(jobs.logs)
+app.command(rich_help_panel="Jobs")(jobs.cancel)
+app.command(rich_help_panel="Jobs")(jobs.results)
+
+
+def main() -> None:
+    """Entry point of the ``insitu`` script."""
+    app()

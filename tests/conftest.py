@@ -1,0 +1,165 @@
+"""Fixtures: isolated homes and settings, both databases, a live server and its client."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from helpers import missing
+from insitu.client import Client
+from insitu.config import Settings
+from insitu.db.engine import Database
+from insitu.server import BackgroundServer
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+for example in ("ophys", "em"):
+    sys.path.insert(0, str(EXAMPLES / example))
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "INSITU_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings for an isolated insitu home with a fast dispatcher."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("INSITU_HOME", str(home))
+    for name in ("INSITU_URL", "INSITU_TOKEN", "INSITU_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return Settings(
+        home=home,
+        server={"port": 0},  # type: ignore[arg-type]
+        dispatcher={"poll_interval": 0.05, "id": f"test-{uuid.uuid4().hex[:6]}"},  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """The URL of the test PostgreSQL server (fails under INSITU_REQUIRE=postgres if absent)."""
+    from sqlalchemy import create_engine, text
+
+    try:
+        engine = create_engine(POSTGRES_ADMIN_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as connection:
+            connection.execute(text("select 1"))
+        engine.dispose()
+    except Exception as exc:
+        missing("postgres", f"no PostgreSQL at {POSTGRES_ADMIN_URL}: {exc}")
+    return POSTGRES_ADMIN_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    name = f"insitu_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield postgres_admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, settings: Settings) -> str:
+    """Each data-layer test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        settings.ensure_home()
+        return settings.resolved_database_url
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """A migrated database (SQLite or PostgreSQL)."""
+    database = Database(database_url)
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def server(settings: Settings) -> Iterator[BackgroundServer]:
+    """A live insitu server (API and dispatcher, local backend) on a free port."""
+    background = BackgroundServer(settings).start()
+    yield background
+    background.stop()
+
+
+@pytest.fixture
+def client(server: BackgroundServer, settings: Settings) -> Iterator[Client]:
+    """An admin client of the live server."""
+    token = settings.admin_token_path.read_text().strip()
+    with Client(server.url, token) as api:
+        yield api
+
+
+@pytest.fixture
+def movie(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A small (t, y, x) uint16 Zarr v3 array whose shape does not divide into its chunks."""
+    rng = np.random.default_rng(7)
+    data = rng.integers(0, 4000, size=(90, 37, 29), dtype=np.uint16)
+    path = tmp_path / "movie.zarr"
+    array = zarr.create_array(
+        path, shape=data.shape, chunks=(32, 16, 16), dtype="uint16", dimension_names=["t", "y", "x"]
+    )
+    array[:] = data
+    return path, data
+
+
+@pytest.fixture
+def analysis_code(tmp_path: Path) -> Path:
+    """A user's own analysis module, to upload with ``--code``."""
+    code = tmp_path / "my_analysis"
+    code.mkdir()
+    (code / "my_analysis.py").write_text(
+        '''
+import numpy as np
+
+
+def time_mean(data, *, context, scale=1.0):
+    """Mean over time, times a scale; and the selection it saw."""
+    context.log(f"axes {context.axes}, shape {data.shape}")
+    axis = context.axis("t")
+    return {
+        "mean": (data.astype("float64").mean(axis=axis) * scale),
+        "selection": {k: list(v) for k, v in context.selection.items()},
+    }
+
+
+def raw(data, *, context):
+    """Tries to return its whole input."""
+    return {"raw": data}
+
+
+def raw_eager(data, *, context):
+    """Tries to return its whole input, computed inside the analysis."""
+    return {"raw": np.asarray(data.compute())}
+
+
+def boom(data, *, context):
+    raise ValueError("the threshold must be positive")
+
+
+def slow(data, *, context, seconds=60):
+    import time
+
+    time.sleep(seconds)
+    return {"done": True}
+'''
+    )
+    return code
