@@ -20,7 +20,7 @@ from insitu.server import BackgroundServer
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-for example in ("ophys", "em"):
+for example in ("ophys", "em"):  # the analyses packages: ophys_analyses, em_analyses
     sys.path.insert(0, str(EXAMPLES / example))
 
 POSTGRES_ADMIN_URL = os.environ.get(

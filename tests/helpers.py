@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 from typing import TypeVar
 
 import pytest
@@ -34,3 +38,17 @@ def missing(component: str, why: str) -> None:
     if component in required():
         pytest.fail(f"{component} is required (INSITU_REQUIRE) but unavailable: {why}")
     pytest.skip(f"{component} unavailable: {why}")
+
+
+def example_module(example: str, name: str = "generate") -> ModuleType:
+    """Load ``examples/<example>/<name>.py`` under a unique module name."""
+    path = Path(__file__).resolve().parents[1] / "examples" / example / f"{name}.py"
+    module_name = f"insitu_example_{example}_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
