@@ -56,7 +56,7 @@ class RunContext:
 
         Only paths inside the job's own dataset can be opened.
         """
-        relative = PurePosixPath(path.strip("/"))
+        relative = PurePosixPath(path.rstrip("/"))
         if relative.is_absolute() or ".." in relative.parts or "://" in path or not path.strip("/"):
             raise PermissionDenied(
                 f"open_array({path!r}): only arrays inside dataset {self.dataset!r} can be "

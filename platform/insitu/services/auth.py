@@ -15,6 +15,8 @@ from insitu.db.engine import Database
 from insitu.db.models import ApiToken, User
 from insitu.errors import AuthenticationFailed, Conflict
 
+__all__ = ["AuthenticationFailed", "Role", "authenticate", "bootstrap_admin", "create_user"]
+
 TOKEN_PREFIX = "insitu_"
 
 
