@@ -30,17 +30,6 @@ def registered(client: Client, movie: tuple[Path, np.ndarray]) -> np.ndarray:
     return movie[1]
 
 
-def runner_alive(job: dict[str, Any]) -> bool:
-    """Whether any process of this job (runner or Dask worker) is still running."""
-    for process in psutil.process_iter(["environ"]):
-        try:
-            if (process.info.get("environ") or {}).get("INSITU_JOB_ID") == job["id"]:
-                return True
-        except psutil.Error:
-            continue
-    return False
-
-
 def test_user_code_on_uneven_chunks_matches_numpy(
     client: Client, registered: np.ndarray, analysis_code: Path
 ) -> None:
@@ -146,60 +135,72 @@ def test_timeout_stops_the_job(client: Client, registered: np.ndarray, analysis_
     wait_for(lambda: not runner_alive(job), timeout=15)
 
 
+def job_processes(job_id: str) -> list[psutil.Process]:
+    """The runner and Dask worker processes of a job."""
+    found = []
+    for process in psutil.process_iter(["environ"]):
+        try:
+            if (process.info.get("environ") or {}).get("INSITU_JOB_ID") == job_id:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def runner_alive(job: dict[str, Any]) -> bool:
+    """Whether any process of this job (runner or Dask worker) is still running."""
+    return bool(job_processes(job["id"]))
+
+
+def start_then_stop_server(
+    settings: Settings, movie: tuple[Path, np.ndarray], code: Path, seconds: float
+) -> dict[str, Any]:
+    """Submit a slow job, wait until it runs, then stop the server under it."""
+    server = BackgroundServer(settings).start()
+    token = settings.admin_token_path.read_text().strip()
+    with Client(server.url, token) as api:
+        api.register_dataset(DATASET, str(movie[0]))
+        slow = {"entrypoint": "my_analysis:slow", "params": {"seconds": seconds}}
+        job = api.submit(spec("slow", analysis=slow), code=code)
+        wait_for(lambda: api.job(job["id"])["state"] == "running", timeout=60)
+    server.stop()
+    return job
+
+
+def wait_after_restart(settings: Settings, job: dict[str, Any]) -> dict[str, Any]:
+    """Start a new server on the same home and wait for the job to end."""
+    server = BackgroundServer(settings).start()
+    try:
+        with Client(server.url, settings.admin_token_path.read_text().strip()) as api:
+            done = api.wait(job["id"], timeout=60)
+            done["results_served"] = api.results(job["id"])
+            return done
+    finally:
+        server.stop()
+
+
 def test_restart_readopts_a_running_job(
     settings: Settings, movie: tuple[Path, np.ndarray], analysis_code: Path
 ) -> None:
     """A job keeps running while the server restarts, and the new server finishes it."""
-    first = BackgroundServer(settings).start()
-    token = settings.admin_token_path.read_text().strip()
-    with Client(first.url, token) as api:
-        api.register_dataset(DATASET, str(movie[0]))
-        job = api.submit(
-            spec("slow", analysis={"entrypoint": "my_analysis:slow", "params": {"seconds": 6}}),
-            code=analysis_code,
-        )
-        wait_for(lambda: api.job(job["id"])["state"] == "running", timeout=60)
-    first.stop()
+    job = start_then_stop_server(settings, movie, analysis_code, seconds=6)
     assert runner_alive(job)
-
-    second = BackgroundServer(settings).start()
-    try:
-        with Client(second.url, token) as api:
-            done = api.wait(job["id"], timeout=60)
-            assert done["state"] == "succeeded", done["error"]
-            assert api.result(job["id"], "done") is True
-    finally:
-        second.stop()
+    done = wait_after_restart(settings, job)
+    assert done["state"] == "succeeded", done["error"]
+    assert [r["key"] for r in done["results_served"]] == ["done"]
 
 
 def test_restart_fails_a_job_whose_process_died(
     settings: Settings, movie: tuple[Path, np.ndarray], analysis_code: Path
 ) -> None:
     """None lost, none left running: a runner killed while the server was down is failed."""
-    first = BackgroundServer(settings).start()
-    token = settings.admin_token_path.read_text().strip()
-    with Client(first.url, token) as api:
-        api.register_dataset(DATASET, str(movie[0]))
-        job = api.submit(spec("slow"), code=analysis_code)
-        wait_for(lambda: api.job(job["id"])["state"] == "running", timeout=60)
-        handle = api.job(job["id"])
-    first.stop()
-    for process in psutil.process_iter(["environ"]):
-        try:
-            if (process.info.get("environ") or {}).get("INSITU_JOB_ID") == job["id"]:
-                process.kill()
-        except psutil.Error:
-            continue
-    wait_for(lambda: not runner_alive(handle), timeout=15)
-
-    second = BackgroundServer(settings).start()
-    try:
-        with Client(second.url, token) as api:
-            done = api.wait(job["id"], timeout=30)
-            assert done["state"] == "failed"
-            assert "insitu logs" in done["reason"]
-    finally:
-        second.stop()
+    job = start_then_stop_server(settings, movie, analysis_code, seconds=60)
+    for process in job_processes(job["id"]):
+        process.kill()
+    wait_for(lambda: not runner_alive(job), timeout=15)
+    done = wait_after_restart(settings, job)
+    assert done["state"] == "failed"
+    assert "insitu logs" in done["reason"]
 
 
 def test_many_jobs_respect_the_running_limit(
