@@ -17,7 +17,7 @@ from insitu.catalog import ArrayInfo
 from insitu.errors import AnalysisFailed, InvalidInput, PermissionDenied, ResultTooLarge
 from insitu.runtime import bundle
 from insitu.runtime.context import RunContext
-from insitu.runtime.results import PNG, check_cap, encode, png
+from insitu.runtime.results import PNG, check_cap, encode, png, result_cap
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -80,9 +80,19 @@ def test_cap_names_both_sizes_and_the_hint() -> None:
     with pytest.raises(ResultTooLarge) as error:
         check_cap(parts, 5_000)
     message = str(error.value)
-    assert "total 10.4 kB" in message and "cap of 5.0 kB by 5.4 kB" in message
+    assert "total 10.4 kB" in message
+    assert "cap of 5.0 kB (limits.max_result_bytes) by 5.4 kB" in message
     assert "a: 10.1 kB" in message
     assert "reduce further" in message and "limits.max_result_bytes" in message
+
+
+def test_cap_as_a_fraction_of_the_bytes_scanned() -> None:
+    parts = [encode("a", np.zeros(3_000, np.uint8))]
+    assert check_cap(parts, 1_000_000, fraction=0.5, scanned=10_000) == len(parts[0].data)
+    with pytest.raises(ResultTooLarge) as error:
+        check_cap(parts, 1_000_000, fraction=0.5, scanned=4_000)
+    assert "cap of 2.0 kB (50% of the 4.0 kB it scanned)" in str(error.value)
+    assert result_cap(1_000, 0.5, 1_000_000) == (1_000, "limits.max_result_bytes")
 
 
 def test_bundle_pack_skips_caches_and_extracts(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from insitu.units import parse_duration, parse_size
@@ -46,6 +46,12 @@ class LimitSettings(BaseModel):
     max_code_bundle_unpacked_bytes: ByteSize = Field(
         parse_size("100MiB"), description="Largest code bundle once unpacked."
     )
+    result_fraction: float = Field(
+        0.5,
+        gt=0,
+        description="A job may return at most this fraction of the bytes it scanned "
+        "(on top of its absolute cap), so that raw data never leaves.",
+    )
 
 
 class DispatcherSettings(BaseModel):
@@ -63,6 +69,34 @@ class DispatcherSettings(BaseModel):
         30.0, description="A job whose dispatcher has not renewed it this long may be adopted."
     )
     cancel_grace: Seconds = Field(5.0, description="Seconds a cancelled job gets to stop cleanly.")
+
+
+class StorageSettings(BaseModel):
+    """Object storage for datasets and job workspaces (AWS S3 or an S3-compatible server)."""
+
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint, e.g. http://127.0.0.1:8333 for SeaweedFS; unset for AWS."
+    )
+    region: str = Field("us-east-1", description="Region of the buckets.")
+    access_key_id: SecretStr | None = Field(
+        None, description="The platform's own key (catalog, workspaces); never given to jobs."
+    )
+    secret_access_key: SecretStr | None = Field(None, description="Secret of the platform's key.")
+    scoping: Literal["none", "sts"] = Field(
+        "none",
+        description="'sts': each job gets an AssumeRole session limited to its dataset and "
+        "results prefixes; 'none': jobs get the job key below and the runtime opens only "
+        "the job's dataset.",
+    )
+    job_role_arn: str | None = Field(None, description="Role jobs assume when scoping is 'sts'.")
+    job_access_key_id: SecretStr | None = Field(
+        None, description="Key handed to jobs when the store cannot scope credentials."
+    )
+    job_secret_access_key: SecretStr | None = Field(None, description="Secret of the job key.")
+    credential_lifetime: Seconds = Field(
+        3600.0, description="Lifetime of a job's scoped credentials (at least 15 min on AWS)."
+    )
+    presign_expiry: Seconds = Field(300.0, description="How long a result download URL works.")
 
 
 class LocalBackendSettings(BaseModel):
@@ -101,6 +135,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
     local: LocalBackendSettings = Field(default_factory=LocalBackendSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -12,22 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from insitu import objectstore
 from insitu.backends.base import Backend, BackendPhase, BackendStatus, JobHandle, LaunchRequest
 from insitu.config import Settings
+from insitu.credentials import make_issuer
 from insitu.db import queries
 from insitu.db.engine import Database
 from insitu.db.models import Job, utcnow
+from insitu.runtime.results import result_cap, too_large_message
 from insitu.runtime.workspace import (
     OUTCOME_FILE,
     RESULTS_DIR,
     STATUS_FILE,
     Outcome,
     Progress,
-    Workspace,
 )
 from insitu.spec import Resources
 from insitu.states import JobState
@@ -52,6 +55,7 @@ class Dispatcher:
     def __init__(self, settings: Settings, db: Database, backend: Backend) -> None:
         self.settings, self.db, self.backend = settings, db, backend
         self.owner = settings.dispatcher.id
+        self.issuer = make_issuer(settings)
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -135,16 +139,31 @@ class Dispatcher:
 
     # -- backend steps ----------------------------------------------------------------------
 
+    def _environment(self, job: Job) -> dict[str, str]:
+        """What the job's runner needs to reach its store: scoped keys, endpoint, no more."""
+        dataset_url = self._dataset_url(job.id)
+        credentials = self.issuer.issue(job.id, dataset_url, job.workspace)
+        env = credentials.env() if credentials else {}
+        options = objectstore.job_options(self.settings, job.workspace)
+        if options:
+            env["INSITU_WORKSPACE_OPTIONS"] = json.dumps(options)
+        return env
+
+    def _dataset_url(self, job_id: str) -> str:
+        with self.db.session() as session:
+            return queries.job_by_id(session, job_id).dataset.url
+
     async def _start(self, job: Job) -> None:
         resources = Resources.model_validate(job.spec.get("resources", {}))
-        request = LaunchRequest(
-            job_id=job.id,
-            workspace_url=job.workspace,
-            resources=resources,
-            timeout_s=job.timeout_s,
-            image=job.spec.get("analysis", {}).get("image"),
-        )
         try:
+            request = LaunchRequest(
+                job_id=job.id,
+                workspace_url=job.workspace,
+                resources=resources,
+                timeout_s=job.timeout_s,
+                image=job.spec.get("analysis", {}).get("image"),
+                env=await asyncio.to_thread(self._environment, job),
+            )
             handle = await self.backend.start(request)
         except Exception as exc:
             log.exception("could not start job %s", job.id)
@@ -171,7 +190,7 @@ class Dispatcher:
         statuses = await self.backend.status(handles) if handles else {}
 
         def read(job: Job) -> _Observation:
-            workspace = Workspace(job.workspace)
+            workspace = objectstore.workspace(self.settings, job.workspace)
             status = statuses.get(job.id)
             outcome = None
             results_bytes = None
@@ -298,14 +317,11 @@ class Dispatcher:
             else (obs.progress.chunks_done if obs.progress else 0),
             "chunks_total": obs.progress.chunks_total if obs.progress else 0,
         }
-        if (
-            outcome.ok
-            and obs.results_bytes is not None
-            and obs.results_bytes > job.result_cap_bytes
-        ):
-            from insitu.runtime.results import too_large_message
-
-            message = too_large_message(obs.results_bytes, job.result_cap_bytes)
+        cap, source = result_cap(
+            job.result_cap_bytes, self.settings.limits.result_fraction, outcome.bytes_scanned
+        )
+        if outcome.ok and obs.results_bytes is not None and obs.results_bytes > cap:
+            message = too_large_message(obs.results_bytes, cap, source=source)
             await asyncio.to_thread(self._discard_results, job)
             await asyncio.to_thread(
                 self._apply,
@@ -343,6 +359,6 @@ class Dispatcher:
             )
 
     def _discard_results(self, job: Job) -> None:
-        workspace = Workspace(job.workspace)
+        workspace = objectstore.workspace(self.settings, job.workspace)
         for name, _ in workspace.listdir(RESULTS_DIR):
             workspace.fs.rm(workspace.path(f"{RESULTS_DIR}/{name}"))

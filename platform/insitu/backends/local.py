@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,13 @@ import psutil
 from insitu.backends.base import Backend, BackendPhase, BackendStatus, JobHandle, LaunchRequest
 from insitu.config import Settings
 from insitu.errors import BackendError
+
+_PRIVATE_PREFIXES = ("AWS_", "INSITU_STORAGE__", "INSITU_DATABASE_URL", "INSITU_TOKEN")
+
+
+def runner_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The server's environment minus its secrets: a job never inherits the platform's keys."""
+    return {k: v for k, v in environ.items() if not k.startswith(_PRIVATE_PREFIXES)}
 
 
 class LocalBackend(Backend):
@@ -45,7 +52,7 @@ class LocalBackend(Backend):
             return self._handle(request.job_id, existing.pid)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {
-            **os.environ,
+            **runner_environment(os.environ),
             **request.env,
             "PYTHONUNBUFFERED": "1",
             "INSITU_JOB_ID": request.job_id,

@@ -125,22 +125,39 @@ def encode(key: str, value: Any) -> Encoded:
     return Encoded(key, f"{key}.json", "json", "application/json", text.encode())
 
 
-def check_cap(encoded: list[Encoded], cap: int) -> int:
-    """Total size of the results; raise :class:`ResultTooLarge` above ``cap``."""
+def result_cap(
+    absolute: int, fraction: float | None = None, scanned: int | None = None
+) -> tuple[int, str]:
+    """The cap in force and where it comes from: the absolute cap, or a share of the scan."""
+    if fraction is not None and scanned is not None:
+        relative = int(fraction * scanned)
+        if relative < absolute:
+            return relative, f"{fraction:.0%} of the {format_size(scanned)} it scanned"
+    return absolute, "limits.max_result_bytes"
+
+
+def check_cap(
+    encoded: list[Encoded], cap: int, fraction: float | None = None, scanned: int | None = None
+) -> int:
+    """Total size of the results; raise :class:`ResultTooLarge` above the cap in force."""
     total = sum(len(e.data) for e in encoded)
-    if total > cap:
+    limit, source = result_cap(cap, fraction, scanned)
+    if total > limit:
         largest = sorted(encoded, key=lambda e: -len(e.data))[:3]
         parts = ", ".join(f"{e.key}: {format_size(len(e.data))}" for e in largest)
-        raise ResultTooLarge(too_large_message(total, cap, parts))
+        raise ResultTooLarge(too_large_message(total, limit, parts, source))
     return total
 
 
-def too_large_message(total: int, cap: int, parts: str = "") -> str:
+def too_large_message(
+    total: int, cap: int, parts: str = "", source: str = "limits.max_result_bytes"
+) -> str:
     """The message a job over its result cap fails with."""
     detail = f" ({parts})" if parts else ""
     return (
         f"the results total {format_size(total)}{detail}, over this job's result cap of "
-        f"{format_size(cap)} by {format_size(total - cap)}. insitu returns only reduced "
-        "results: reduce further in the analysis (a projection, a table, a downsampled "
-        "level), select less, or ask for a larger limits.max_result_bytes"
+        f"{format_size(cap)} ({source}) by {format_size(total - cap)}. insitu returns only "
+        "reduced results: reduce further in the analysis (a projection, a table, a "
+        "downsampled level), select less, or ask for a larger cap (limits.max_result_bytes, "
+        "or the operator's limits.result_fraction)"
     )

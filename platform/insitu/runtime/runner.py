@@ -6,6 +6,7 @@ Usage inside any backend: ``python -m insitu.runtime WORKSPACE_URL [--scheduler 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import math
 import os
@@ -161,7 +162,7 @@ def _compute(returned: dict[str, Any], cap: int) -> dict[str, Any]:
 
 
 def _provenance(job: JobInput, encoded: list[Encoded], outcome: Outcome) -> dict[str, Any]:
-    store_scoped = job.storage_options.get("scoped", False)
+    store_scoped = os.environ.get("INSITU_CREDENTIALS_SCOPED") == "1"
     return {
         "job_id": job.job_id,
         "created_at": datetime.now(UTC).isoformat(),
@@ -259,9 +260,11 @@ def run_job(workspace: Workspace, job: JobInput, scheduler: str | None = None) -
                 ) from exc
             timings["compute_s"] = time.perf_counter() - cluster_up
             encoded = [encode(key, value) for key, value in computed.items()]
-            outcome.bytes_returned = check_cap(encoded, job.result_cap_bytes)
             counts = reporter.write(phase="writing")
             outcome.bytes_scanned, outcome.chunks_read = counts["bytes"], counts["chunks"]
+            outcome.bytes_returned = check_cap(
+                encoded, job.result_cap_bytes, job.result_fraction, outcome.bytes_scanned
+            )
             for item in encoded:
                 workspace.write_bytes(f"{RESULTS_DIR}/{item.filename}", item.data)
             outcome.results = [
@@ -315,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         force=True,
     )
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    workspace = Workspace(args.workspace)
+    options = json.loads(os.environ.get("INSITU_WORKSPACE_OPTIONS") or "{}")
+    workspace = Workspace(args.workspace, options)
     job = workspace.read_model(JOB_FILE, JobInput)
     if job is None:
         print(f"no readable {JOB_FILE} in {args.workspace}", file=sys.stderr)

@@ -39,6 +39,7 @@ class JobInput(BaseModel):
     array: ArrayInfo
     ranges: list[tuple[int, int]]
     result_cap_bytes: int
+    result_fraction: float | None = None
     code_bundle_digest: str | None = None
     backend: str = "local"
     worker_processes: bool = True

@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from insitu import __version__
+from insitu import __version__, objectstore
 from insitu.catalog import resolve_selection
 from insitu.config import Settings
 from insitu.db import queries
 from insitu.db.models import Job, User
 from insitu.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from insitu.runtime.workspace import CODE_FILE, JOB_FILE, JobInput, Workspace
+from insitu.runtime.workspace import CODE_FILE, JOB_FILE, JobInput
 from insitu.services.auth import Role
 from insitu.services.bundles import BundleStore
 from insitu.services.datasets import info_of
@@ -100,7 +100,7 @@ def submit(
     session.add(job)
     session.flush()
     queries.add_event(session, job, None, JobState.QUEUED, f"submitted by {owner.name}")
-    workspace = Workspace(workspace_url)
+    workspace = objectstore.workspace(settings, workspace_url)
     if bundle_bytes is not None:
         workspace.write_bytes(CODE_FILE, bundle_bytes)
     workspace.write_model(
@@ -112,9 +112,11 @@ def submit(
             dataset=dataset.name,
             dataset_url=dataset.url,
             dataset_version=dataset.version,
+            storage_options=objectstore.job_options(settings, dataset.url),
             array=array,
             ranges=ranges,
             result_cap_bytes=cap,
+            result_fraction=settings.limits.result_fraction,
             code_bundle_digest=code_bundle,
             backend=settings.backend,
             image=spec.analysis.image,

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
+from insitu import objectstore
 from insitu.api.deps import CurrentUser, SessionDep, SettingsDep
 from insitu.api.schemas import (
     JobCreate,
@@ -21,7 +22,7 @@ from insitu.api.schemas import (
 )
 from insitu.backends.base import JobHandle
 from insitu.db import queries
-from insitu.runtime.workspace import RESULTS_DIR, Workspace
+from insitu.runtime.workspace import RESULTS_DIR
 from insitu.services import jobs
 from insitu.services.auth import Role
 from insitu.states import JobState
@@ -116,14 +117,25 @@ def list_results(job_id: str, session: SessionDep, user: CurrentUser) -> Results
     return ResultsPublic(data=rows, count=len(rows))
 
 
-@router.get("/{job_id}/results/{filename}", response_class=StreamingResponse)
+@router.get("/{job_id}/results/{filename}", response_class=StreamingResponse, response_model=None)
 def download_result(
-    job_id: str, filename: str, session: SessionDep, user: CurrentUser
-) -> StreamingResponse:
-    """Download one result file (or provenance.json)."""
+    job_id: str,
+    filename: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: CurrentUser,
+    redirect: Annotated[
+        bool, Query(description="Answer with a short-lived presigned URL (S3 workspaces).")
+    ] = False,
+) -> Response:
+    """Download one result file (or provenance.json), streamed or by a presigned URL."""
     job = jobs.visible_job(session, user, job_id)
     record = jobs.result_file(job, filename)
-    workspace = Workspace(job.workspace)
+    location = f"{job.workspace}/{RESULTS_DIR}/{filename}"
+    if redirect and objectstore.is_s3(location):
+        url = objectstore.presign(settings, location, filename)
+        return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
+    workspace = objectstore.workspace(settings, job.workspace)
     handle = workspace.open(f"{RESULTS_DIR}/{filename}")
 
     def chunks() -> Iterator[bytes]:
