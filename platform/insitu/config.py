@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -137,12 +136,12 @@ class Settings(BaseSettings):
     local: LocalBackendSettings = Field(default_factory=LocalBackendSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
 
-    @cached_property
+    @property
     def resolved_database_url(self) -> str:
         """The database URL in force, defaulting to SQLite under ``home``."""
         return self.database_url or f"sqlite:///{self.home / 'insitu.db'}"
 
-    @cached_property
+    @property
     def resolved_workspace_url(self) -> str:
         """The URL prefix under which each job gets its own workspace."""
         return (self.workspace_url or (self.home / "jobs").as_uri()).rstrip("/")

@@ -103,7 +103,6 @@ class StsIssuer(CredentialIssuer):
             RoleSessionName=f"insitu-{job_id}",
             Policy=json.dumps(session_policy(dataset_url, workspace_url)),
             DurationSeconds=max(900, int(self.settings.storage.credential_lifetime)),
-            Tags=[{"Key": "insitu-job", "Value": job_id}],
         )
         creds = response["Credentials"]
         return JobCredentials(

@@ -55,10 +55,12 @@ def workspace(settings: Settings, url: str) -> Workspace:
 def boto_client(settings: Settings, service: str = "s3") -> Any:
     """A boto3 client with the platform's key and endpoint."""
     import boto3
+    from botocore.config import Config
 
     storage = settings.storage
     return boto3.client(
         service,
+        config=Config(signature_version="s3v4") if service == "s3" else None,
         region_name=storage.region,
         endpoint_url=storage.endpoint_url if service == "s3" else None,
         aws_access_key_id=storage.access_key_id.get_secret_value()

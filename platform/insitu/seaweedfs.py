@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from pydantic import SecretStr
+
+from insitu.config import Settings
 from insitu.errors import StoreUnreachable
 
 
@@ -62,9 +66,13 @@ class SeaweedFS:
         *,
         credentials: S3Credentials = S3Credentials("insitu-admin", "insitu-admin-secret"),
         port: int | None = None,
+        job_credentials: S3Credentials | None = None,
+        job_actions: tuple[str, ...] = (),
     ) -> None:
         self.directory = Path(directory)
         self.credentials = credentials
+        self.job_credentials = job_credentials
+        self.job_actions = job_actions
         ports = _free_ports(9)
         self.s3_port = port or ports[0]
         self._ports = ports[1:]
@@ -90,6 +98,19 @@ class SeaweedFS:
                 }
             ]
         }
+        if self.job_credentials is not None:
+            identities["identities"].append(
+                {
+                    "name": "insitu-job",
+                    "credentials": [
+                        {
+                            "accessKey": self.job_credentials.access_key_id,
+                            "secretKey": self.job_credentials.secret_access_key,
+                        }
+                    ],
+                    "actions": list(self.job_actions),
+                }
+            )
         path.write_text(json.dumps(identities, indent=2))
         os.chmod(path, 0o600)
         return path
@@ -183,3 +204,60 @@ class SeaweedFS:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+DATA_BUCKET = "insitu-data"
+RESULTS_BUCKET = "insitu-results"
+
+
+def _keys(path: Path) -> tuple[S3Credentials, S3Credentials]:
+    """The embedded store's platform and job keys, made once and kept (mode 600)."""
+    if path.exists():
+        saved = json.loads(path.read_text())
+    else:
+        saved = {
+            "platform": [f"insitu-{secrets.token_hex(6)}", secrets.token_urlsafe(24)],
+            "job": [f"insitu-job-{secrets.token_hex(6)}", secrets.token_urlsafe(24)],
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(saved))
+        os.chmod(path, 0o600)
+    return S3Credentials(*saved["platform"]), S3Credentials(*saved["job"])
+
+
+def embedded(settings: Settings) -> tuple[SeaweedFS, Settings]:
+    """Start SeaweedFS under ``home/seaweedfs`` and return settings that use it.
+
+    Datasets go to ``s3://insitu-data``, job workspaces to ``s3://insitu-results/jobs``.
+    Jobs get a key that reads the data bucket and writes the results bucket only; the
+    store cannot narrow it to one dataset's prefix, so the runtime does that.
+    """
+    directory = settings.home / "seaweedfs"
+    platform_key, job_key = _keys(directory / "keys.json")
+    server = SeaweedFS(
+        directory,
+        credentials=platform_key,
+        job_credentials=job_key,
+        job_actions=(
+            f"Read:{DATA_BUCKET}", f"List:{DATA_BUCKET}",
+            f"Read:{RESULTS_BUCKET}", f"Write:{RESULTS_BUCKET}", f"List:{RESULTS_BUCKET}",
+        ),
+    ).start()  # fmt: skip
+    storage = settings.storage.model_copy(
+        update={
+            "endpoint_url": server.endpoint_url,
+            "access_key_id": SecretStr(platform_key.access_key_id),
+            "secret_access_key": SecretStr(platform_key.secret_access_key),
+            "job_access_key_id": SecretStr(job_key.access_key_id),
+            "job_secret_access_key": SecretStr(job_key.secret_access_key),
+            "scoping": "none",
+        }
+    )
+    configured = settings.model_copy(
+        update={"storage": storage, "workspace_url": f"s3://{RESULTS_BUCKET}/jobs"}
+    )
+    from insitu.objectstore import ensure_bucket
+
+    for bucket in (DATA_BUCKET, RESULTS_BUCKET):
+        ensure_bucket(configured, f"s3://{bucket}")
+    return server, configured

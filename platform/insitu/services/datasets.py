@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -15,7 +16,13 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
 
 
 def register(
-    session: Session, owner: User, name: str, url: str, *, description: str | None = None
+    session: Session,
+    owner: User,
+    name: str,
+    url: str,
+    *,
+    description: str | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Dataset:
     """Inspect the store at ``url`` and add it to the catalog as ``name`` (commits)."""
     if not _NAME_RE.match(name) or len(name) > 200:
@@ -29,7 +36,7 @@ def register(
         pass
     else:
         raise Conflict(f"dataset {name!r} is already registered")
-    info = inspect_store(url)
+    info = inspect_store(url, storage_options)
     dataset = Dataset(
         name=name,
         url=info.url,

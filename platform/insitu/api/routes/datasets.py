@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from insitu.api.deps import CurrentUser, SessionDep
+from insitu import objectstore
+from insitu.api.deps import CurrentUser, SessionDep, SettingsDep
 from insitu.api.schemas import DatasetCreate, DatasetPublic, DatasetsPublic
 from insitu.db import queries
 from insitu.services import datasets
@@ -13,9 +14,18 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 
 @router.post("", response_model=DatasetPublic, status_code=status.HTTP_201_CREATED)
-def register_dataset(body: DatasetCreate, session: SessionDep, user: CurrentUser) -> DatasetPublic:
+def register_dataset(
+    body: DatasetCreate, session: SessionDep, settings: SettingsDep, user: CurrentUser
+) -> DatasetPublic:
     """Register a Zarr or OME-Zarr store under a catalog name, reading its arrays."""
-    dataset = datasets.register(session, user, body.name, body.url, description=body.description)
+    dataset = datasets.register(
+        session,
+        user,
+        body.name,
+        body.url,
+        description=body.description,
+        storage_options=objectstore.platform_options(settings, body.url),
+    )
     return DatasetPublic.of(dataset)
 
 

@@ -1,0 +1,200 @@
+"""Jobs end to end against a real S3 server (SeaweedFS): data, workspaces, keys, egress."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import numpy as np
+import pytest
+import zarr
+from zarr.storage import FsspecStore
+
+from helpers import missing
+from insitu import objectstore
+from insitu.catalog import inspect_store
+from insitu.client import Client
+from insitu.config import Settings
+from insitu.errors import StoreUnreachable
+from insitu.seaweedfs import DATA_BUCKET, RESULTS_BUCKET, SeaweedFS, embedded, weed_binary
+from insitu.server import BackgroundServer
+
+pytestmark = [pytest.mark.s3, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def s3_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SeaweedFS, Settings]]:
+    """One SeaweedFS for the module, with the embedded server's buckets and keys."""
+    try:
+        weed_binary()
+    except StoreUnreachable as exc:
+        missing("s3", str(exc))
+    home = tmp_path_factory.mktemp("s3home")
+    server, configured = embedded(Settings(home=home, server={"port": 0}))  # type: ignore[arg-type]
+    yield server, configured
+    server.stop()
+
+
+@pytest.fixture
+def s3_settings(s3_home: tuple[SeaweedFS, Settings], settings: Settings) -> Settings:
+    """The test's own home and database, with storage on the shared SeaweedFS."""
+    _, configured = s3_home
+    return settings.model_copy(
+        update={"storage": configured.storage, "workspace_url": configured.workspace_url}
+    )
+
+
+def admin_s3(settings: Settings) -> Any:
+    return objectstore.boto_client(settings)
+
+
+@pytest.fixture
+def s3_movie(s3_settings: Settings, movie: tuple[Path, np.ndarray]) -> tuple[str, np.ndarray]:
+    """The test movie copied into the data bucket under a unique prefix."""
+    url = f"s3://{DATA_BUCKET}/{uuid.uuid4().hex[:8]}/movie.zarr"
+    source = zarr.open_array(movie[0], mode="r")
+    store = FsspecStore.from_url(
+        url, storage_options=objectstore.platform_options(s3_settings, url), read_only=False
+    )
+    target = zarr.create_array(
+        store,
+        shape=source.shape,
+        chunks=source.chunks,
+        dtype=source.dtype,
+        dimension_names=["t", "y", "x"],
+    )
+    target[:] = movie[1]
+    return url, movie[1]
+
+
+@pytest.fixture
+def s3_client(s3_settings: Settings) -> Iterator[Client]:
+    server = BackgroundServer(s3_settings).start()
+    try:
+        with Client(server.url, s3_settings.admin_token_path.read_text().strip()) as api:
+            yield api
+    finally:
+        server.stop()
+
+
+def test_a_job_reads_s3_and_writes_its_results_to_s3(
+    s3_client: Client,
+    s3_settings: Settings,
+    s3_movie: tuple[str, np.ndarray],
+    analysis_code: Path,
+    tmp_path: Path,
+) -> None:
+    url, data = s3_movie
+    dataset = s3_client.register_dataset("s3/movie", url)
+    assert dataset["url"] == url and dataset["arrays"][0]["axes"] == ["t", "y", "x"]
+    job = s3_client.submit(
+        {
+            "dataset": "s3/movie",
+            "select": {"t": [5, 83]},
+            "analysis": {"entrypoint": "my_analysis:time_mean"},
+        },
+        code=analysis_code,
+    )
+    done = s3_client.wait(job["id"], timeout=90)
+    assert done["state"] == "succeeded", done["error"]
+    np.testing.assert_allclose(
+        s3_client.result(job["id"], "mean"), data[5:83].astype(np.float64).mean(axis=0)
+    )
+    assert done["bytes_scanned"] > 0
+
+    listed = admin_s3(s3_settings).list_objects_v2(
+        Bucket=RESULTS_BUCKET, Prefix=f"jobs/{job['id']}/results/"
+    )
+    names = {item["Key"].rsplit("/", 1)[-1] for item in listed.get("Contents", [])}
+    assert {"mean.npy", "selection.json", "provenance.json"} <= names
+
+    streamed = s3_client.download(job["id"], "mean.npy", tmp_path / "streamed")
+    redirect = s3_client._http.get(
+        f"/v1/jobs/{job['id']}/results/mean.npy", params={"redirect": True}
+    )
+    assert redirect.status_code == 307
+    location = redirect.headers["location"]
+    assert location.startswith(s3_settings.storage.endpoint_url or "") and "Expires=" in location
+    assert httpx.get(location).content == streamed.read_bytes()
+
+
+def test_the_job_never_sees_the_platform_key(
+    s3_client: Client, s3_settings: Settings, s3_movie: tuple[str, np.ndarray], analysis_code: Path
+) -> None:
+    s3_client.register_dataset("s3/probe", s3_movie[0])
+    job = s3_client.submit(
+        {"dataset": "s3/probe", "analysis": {"entrypoint": "my_analysis:env_probe"}},
+        code=analysis_code,
+    )
+    done = s3_client.wait(job["id"], timeout=90)
+    assert done["state"] == "succeeded", done["error"]
+    seen = s3_client.result(job["id"], "access_key")
+    platform_key = s3_settings.storage.access_key_id
+    job_key = s3_settings.storage.job_access_key_id
+    assert platform_key is not None and job_key is not None
+    assert seen == job_key.get_secret_value() != platform_key.get_secret_value()
+    assert s3_client.result(job["id"], "private") == []
+
+
+def test_the_job_key_reads_data_and_writes_results_only(
+    s3_settings: Settings, s3_movie: tuple[str, np.ndarray]
+) -> None:
+    storage = s3_settings.storage
+    assert storage.job_access_key_id and storage.job_secret_access_key
+    job = boto3.client(
+        "s3",
+        endpoint_url=storage.endpoint_url,
+        region_name=storage.region,
+        aws_access_key_id=storage.job_access_key_id.get_secret_value(),
+        aws_secret_access_key=storage.job_secret_access_key.get_secret_value(),
+    )
+    bucket, key = objectstore.bucket_and_key(s3_movie[0])
+    assert job.get_object(Bucket=bucket, Key=f"{key}/zarr.json")["Body"].read()
+    job.put_object(Bucket=RESULTS_BUCKET, Key="jobs/probe/ok", Body=b"1")
+    with pytest.raises(Exception, match="AccessDenied"):
+        job.put_object(Bucket=DATA_BUCKET, Key=f"{key}/tampered", Body=b"x")
+    admin_s3(s3_settings).create_bucket(Bucket="someone-elses")
+    with pytest.raises(Exception, match="AccessDenied"):
+        job.list_objects_v2(Bucket="someone-elses")
+
+
+def test_raw_data_cannot_leave_through_the_scan_fraction(
+    s3_client: Client, s3_movie: tuple[str, np.ndarray], analysis_code: Path
+) -> None:
+    """Even under a generous absolute cap, a result larger than half the scan is refused."""
+    s3_client.register_dataset("s3/raw", s3_movie[0])
+    job = s3_client.submit(
+        {
+            "dataset": "s3/raw",
+            "analysis": {"entrypoint": "my_analysis:raw_eager"},
+            "limits": {"max_result_bytes": "64MiB"},
+        },
+        code=analysis_code,
+    )
+    done = s3_client.wait(job["id"], timeout=90)
+    assert done["state"] == "failed" and done["error_kind"] == "result_too_large"
+    assert "50% of the" in done["error"] and "it scanned" in done["error"]
+    assert s3_client.results(job["id"]) == []
+
+
+def test_unreachable_or_forbidden_stores_are_clear_errors(
+    s3_client: Client, s3_settings: Settings
+) -> None:
+    before = len(s3_client.datasets())
+    for url in (f"s3://{DATA_BUCKET}/nothing-here.zarr", "s3://no-such-bucket/x.zarr"):
+        with pytest.raises(Exception, match="s3://") as error:
+            s3_client.register_dataset("s3/missing", url)
+        assert "Traceback" not in str(error.value)
+    assert len(s3_client.datasets()) == before
+    wrong = objectstore.job_options(s3_settings, "s3://x") | {"key": "nobody", "secret": "wrong"}
+    with pytest.raises(StoreUnreachable, match="s3://"):
+        inspect_store(f"s3://{DATA_BUCKET}/anything.zarr", wrong)
+
+
+def test_seaweedfs_binary_is_on_the_path() -> None:
+    assert shutil.which("weed") or Path(weed_binary()).exists()
