@@ -118,6 +118,7 @@ class World:
 def make_world(db: Database, settings: Settings, movie_path: Path) -> World:
     with db.session() as session:
         user, _ = auth.create_user(session, "ada", auth.Role.RESEARCHER)
+        curator, _ = auth.create_user(session, "ines", auth.Role.INSTRUCTOR)
         session.commit()
-        datasets.register(session, user, "test/movie", str(movie_path))
+        datasets.register(session, curator, "test/movie", str(movie_path), access_rule="public")
     return World(db, settings, user)

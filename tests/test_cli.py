@@ -17,8 +17,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
-from helpers import wait_for
-from insitu.cli import jobs as cli_jobs
+from helpers import assert_one_error_line, wait_for
+from insitu.cli import app as cli_app
 from insitu.cli.main import app
 from insitu.client import Client
 from insitu.config import Settings
@@ -82,16 +82,6 @@ def submit_json(cli: Run, spec: Path, *args: str) -> dict[str, Any]:
     result = cli("submit", str(spec), *args, "--json")
     assert result.exit_code in (0, 1), result.output
     return dict(json.loads(result.stdout))
-
-
-def assert_one_error_line(result: Result, *fragments: str) -> None:
-    """Exit 1, no traceback, and one ``error: ...`` line naming each fragment."""
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # -- datasets ---------------------------------------------------------------------------------
@@ -239,7 +229,7 @@ def test_cancel_asks_then_cancels(
     job = submit_json(cli, spec, "--code", str(analysis_code))
     wait_for(lambda: client.job(job["id"])["state"] == "running", timeout=30)
 
-    monkeypatch.setattr(cli_jobs, "interactive", lambda: True)
+    monkeypatch.setattr(cli_app, "interactive", lambda: True)
     declined = cli("cancel", job["id"], input="n\n")
     assert declined.exit_code == 1 and "not cancelled" in declined.stderr
     assert client.job(job["id"])["state"] == "running"

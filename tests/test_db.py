@@ -20,7 +20,7 @@ from insitu.db import queries
 from insitu.db.engine import Database
 from insitu.db.models import ApiToken, Base, Job, JobEvent, utcnow
 from insitu.errors import Conflict
-from insitu.services import auth
+from insitu.services import auth, datasets, users
 from insitu.states import ALLOWED, JobState
 
 pytestmark = pytest.mark.timeout(60)
@@ -43,7 +43,7 @@ def test_migrate_twice_is_harmless(db: Database) -> None:
     db.migrate()
     with db.engine.connect() as connection:
         assert (
-            connection.execute(text("select version_num from alembic_version")).scalar() == "0001"
+            connection.execute(text("select version_num from alembic_version")).scalar() == "0002"
         )
 
 
@@ -196,3 +196,30 @@ def test_bootstrap_admin_writes_a_private_token_once(db: Database, settings: Set
     with db.session() as session:
         assert auth.authenticate(session, token).role == "admin"
         assert session.scalar(select(Job).limit(1)) is None
+
+
+def test_access_rules_grants_groups_and_audit(db: Database, movie: tuple[Path, np.ndarray]) -> None:
+    with db.session() as session:
+        admin, _ = auth.create_user(session, "root", auth.Role.ADMIN)
+        session.commit()
+        ines, _ = users.add(session, admin, "ines", "instructor")
+        rosa, _ = users.add(session, admin, "rosa", "researcher")
+        pat, _ = users.add(session, admin, "pat", "participant", groups=["lab-a", "lab-a"])
+        assert pat.groups == ["lab-a"]
+        rules = {"lab/open": "public", "lab/own": "private", "lab/team": "group:lab-a"}
+        for name, rule in rules.items():
+            datasets.register(session, ines, name, str(movie[0]), access_rule=rule)
+        readable = {u.name: {d.name for d in datasets.readable(session, u)} for u in (rosa, pat)}
+        assert readable == {"rosa": {"lab/open"}, "pat": {"lab/open", "lab/team"}}
+        assert {d.name for d in datasets.readable(session, admin)} == set(rules)
+        datasets.grant(session, ines, "lab/own", "rosa")
+        datasets.grant(session, ines, "lab/own", "rosa")  # idempotent
+        assert "lab/own" in {d.name for d in datasets.readable(session, rosa)}
+        users.revoke(session, admin, "pat")
+        with pytest.raises(auth.AuthenticationFailed):
+            auth.authenticate(session, "insitu_not-a-token")
+        events, count = queries.list_audit(session, limit=3)
+        assert count == 3 + 3 + 2 + 1 and len(events) == 3
+        assert [e.action for e in events] == ["user.revoke", "dataset.grant", "dataset.grant"]
+        grants, _ = queries.list_audit(session, action="dataset.grant", user_name="ines")
+        assert len(grants) == 2 and grants[0].detail == "to rosa"

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +23,7 @@ import pytest
 import zarr
 from zarr.storage import FsspecStore
 
-from helpers import missing
+from helpers import missing, wait_for
 from insitu import objectstore
 from insitu.catalog import inspect_store
 from insitu.client import Client
@@ -198,3 +206,144 @@ def test_unreachable_or_forbidden_stores_are_clear_errors(
 
 def test_seaweedfs_binary_is_on_the_path() -> None:
     assert shutil.which("weed") or Path(weed_binary()).exists()
+
+
+def test_the_runtime_opens_only_its_own_dataset_on_an_unscoped_store(
+    s3_client: Client, s3_settings: Settings, s3_movie: tuple[str, np.ndarray], tmp_path: Path
+) -> None:
+    """The job key reads the whole data bucket; the runtime still refuses other datasets."""
+    other_url, _ = s3_movie  # another dataset's prefix, readable with the job key
+    own = f"s3://{DATA_BUCKET}/{uuid.uuid4().hex[:8]}/group.zarr"
+    store = FsspecStore.from_url(
+        own, storage_options=objectstore.platform_options(s3_settings, own), read_only=False
+    )
+    group = zarr.open_group(store, mode="w")
+    level = group.create_array(
+        "0", shape=(8, 4, 4), chunks=(4, 4, 4), dtype="uint16", dimension_names=["t", "y", "x"]
+    )
+    level[:] = 1
+    code = tmp_path / "escape"
+    code.mkdir()
+    (code / "escape.py").write_text(
+        "def run(data, *, context, target):\n"
+        "    return {'stolen': context.open_array(target).sum()}\n"
+    )
+    s3_client.register_dataset("s3/own", own)
+    relative_escape = "../../" + other_url.split(f"{DATA_BUCKET}/", 1)[1]
+    for target in (other_url, relative_escape):
+        job = s3_client.submit(
+            {
+                "dataset": "s3/own",
+                "analysis": {"entrypoint": "escape:run", "params": {"target": target}},
+            },
+            code=code,
+        )
+        done = s3_client.wait(job["id"], timeout=90)
+        assert done["state"] == "failed", done
+        assert "only arrays inside dataset 's3/own'" in done["error"]
+
+    fine = tmp_path / "fine"
+    fine.mkdir()
+    (fine / "fine.py").write_text("def run(data, *, context):\n    return {'n': data.sum()}\n")
+    job = s3_client.submit({"dataset": "s3/own", "analysis": {"entrypoint": "fine:run"}}, code=fine)
+    done = s3_client.wait(job["id"], timeout=90)
+    assert done["state"] == "succeeded", done["error"]
+    provenance = json.loads(
+        (s3_client.download(job["id"], "provenance.json", tmp_path)).read_text()
+    )
+    assert provenance["access_scope"].startswith("not enforced by the store")
+
+
+def test_insitu_server_with_an_embedded_seaweedfs(
+    tmp_path: Path, movie: tuple[Path, np.ndarray], analysis_code: Path
+) -> None:
+    """``insitu server --store seaweedfs``: datasets and results in a SeaweedFS it starts."""
+    try:
+        weed_binary()
+    except StoreUnreachable as exc:
+        missing("s3", str(exc))
+    home = tmp_path / "home"
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INSITU_", "AWS_"))}
+    env |= {"INSITU_HOME": str(home)}
+    process = subprocess.Popen(
+        [INSITU, "server", "--port", str(port), "--store", "seaweedfs"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr or []), daemon=True)
+    reader.start()
+    try:
+        endpoint = wait_for(
+            lambda: next((m.group(1) for m in map(ENDPOINT_RE.search, lines) if m), None),
+            timeout=90,
+        )
+        keys = json.loads((home / "seaweedfs" / "keys.json").read_text())
+        url = f"s3://{DATA_BUCKET}/lab/movie.zarr"
+        options = {
+            "key": keys["platform"][0],
+            "secret": keys["platform"][1],
+            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+        }
+        target = zarr.create_array(
+            FsspecStore.from_url(url, storage_options=options, read_only=False),
+            shape=movie[1].shape,
+            chunks=(32, 16, 16),
+            dtype="uint16",
+            dimension_names=["t", "y", "x"],
+        )
+        target[:] = movie[1]
+        token = (
+            wait_for(lambda: (home / "admin-token").exists(), timeout=30)
+            and (home / "admin-token").read_text().strip()
+        )
+        with Client(f"http://127.0.0.1:{port}", token) as api:
+            wait_for(lambda: _healthy(api), timeout=30)
+            api.register_dataset("lab/movie", url)
+            job = api.submit(
+                {"dataset": "lab/movie", "analysis": {"entrypoint": "my_analysis:time_mean"}},
+                code=analysis_code,
+            )
+            done = api.wait(job["id"], timeout=90)
+            assert done["state"] == "succeeded", done["error"]
+            np.testing.assert_allclose(
+                api.result(job["id"], "mean"), movie[1].astype(np.float64).mean(axis=0)
+            )
+        results = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=keys["platform"][0],
+            aws_secret_access_key=keys["platform"][1],
+        ).list_objects_v2(Bucket=RESULTS_BUCKET, Prefix=f"jobs/{job['id']}/results/")
+        assert any(o["Key"].endswith("mean.npy") for o in results.get("Contents", []))
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    assert process.returncode == 0, "".join(lines)
+    assert not _port_open(int(endpoint.rsplit(":", 1)[1])), "SeaweedFS outlived the server"
+
+
+INSITU = str(Path(sys.executable).parent / "insitu")
+ENDPOINT_RE = re.compile(r"SeaweedFS at (http://127\.0\.0\.1:\d+)")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _healthy(api: Client) -> bool:
+    try:
+        return api.health()["status"] == "ok"
+    except Exception:
+        return False

@@ -101,11 +101,16 @@ class Client:
         return self._json("GET", "/healthz")  # type: ignore[no-any-return]
 
     def register_dataset(
-        self, name: str, url: str, description: str | None = None
+        self, name: str, url: str, description: str | None = None, *, access: str = "private"
     ) -> dict[str, Any]:
-        """Register a Zarr store as a dataset."""
+        """Register a Zarr store as a dataset; ``access`` is public, private or group:NAME."""
+        body = {"name": name, "url": url, "description": description, "access": access}
+        return self._json("POST", "/v1/datasets", json=body)  # type: ignore[no-any-return]
+
+    def grant(self, dataset: str, user: str) -> dict[str, Any]:
+        """Let ``user`` read ``dataset`` whatever its access rule."""
         return self._json(  # type: ignore[no-any-return]
-            "POST", "/v1/datasets", json={"name": name, "url": url, "description": description}
+            "POST", f"/v1/datasets/{dataset}/grants", json={"user": user}
         )
 
     def datasets(self) -> list[dict[str, Any]]:
@@ -115,6 +120,47 @@ class Client:
     def dataset(self, name: str) -> dict[str, Any]:
         """One dataset with its arrays."""
         return self._json("GET", f"/v1/datasets/{name}")  # type: ignore[no-any-return]
+
+    # -- users and audit -----------------------------------------------------------------------
+
+    def whoami(self) -> dict[str, Any]:
+        """The user this client's token belongs to."""
+        return self._json("GET", "/v1/users/me")  # type: ignore[no-any-return]
+
+    def add_user(
+        self,
+        name: str,
+        role: str,
+        *,
+        email: str | None = None,
+        groups: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Add a user (admins); the answer's ``token`` is shown only this once."""
+        body = {"name": name, "role": role, "email": email, "groups": groups or []}
+        return self._json("POST", "/v1/users", json=body)  # type: ignore[no-any-return]
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every user (admins)."""
+        return self._json("GET", "/v1/users")["data"]  # type: ignore[no-any-return]
+
+    def revoke_user(self, name: str) -> dict[str, Any]:
+        """Disable a user and revoke their tokens (admins)."""
+        return self._json("POST", f"/v1/users/{name}/revoke")  # type: ignore[no-any-return]
+
+    def audit(
+        self,
+        *,
+        user: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Audit events, newest first (admins)."""
+        params: dict[str, Any] = {"limit": limit}
+        for key, value in (("user", user), ("action", action), ("outcome", outcome)):
+            if value is not None:
+                params[key] = value
+        return self._json("GET", "/v1/audit", params=params)["data"]  # type: ignore[no-any-return]
 
     # -- jobs ---------------------------------------------------------------------------------
 

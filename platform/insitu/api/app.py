@@ -12,12 +12,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from insitu import __version__
-from insitu.api.routes import bundles, datasets, health, jobs
+from insitu.api.routes import audit, bundles, datasets, health, jobs, users
 from insitu.backends import Backend, make_backend
 from insitu.config import Settings
+from insitu.db import queries
 from insitu.db.engine import Database
+from insitu.db.models import User
 from insitu.dispatcher import Dispatcher
-from insitu.errors import InsituError
+from insitu.errors import AuthenticationFailed, InsituError, PermissionDenied
 from insitu.services.auth import bootstrap_admin
 
 log = logging.getLogger("insitu.api")
@@ -29,6 +31,25 @@ def _validation_message(exc: RequestValidationError) -> str:
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
         parts.append(f"{where or 'request'}: {error.get('msg', 'invalid')}")
     return "invalid request: " + "; ".join(parts)
+
+
+def _audit_denial(db: Database, request: Request, exc: InsituError) -> None:
+    """Record a refused request in the audit log, in a transaction of its own."""
+    try:
+        with db.session() as session:
+            user_id = getattr(request.state, "user_id", None)
+            user = session.get(User, user_id) if user_id is not None else None
+            queries.add_audit(
+                session,
+                user,
+                f"{request.method} {request.url.path}",
+                request.url.path,
+                outcome="denied",
+                detail=exc.message,
+            )
+            session.commit()
+    except Exception:  # the refusal stands even if the audit write fails
+        log.exception("could not record a denied request in the audit log")
 
 
 def create_app(
@@ -69,7 +90,9 @@ def create_app(
     app.state.dispatcher = None
 
     @app.exception_handler(InsituError)
-    async def insitu_error(_: Request, exc: InsituError) -> JSONResponse:
+    async def insitu_error(request: Request, exc: InsituError) -> JSONResponse:
+        if isinstance(exc, (PermissionDenied, AuthenticationFailed)):
+            await asyncio.to_thread(_audit_denial, database, request, exc)
         return JSONResponse(
             status_code=exc.status_code, content={"detail": exc.message, "error": exc.code}
         )
@@ -81,6 +104,6 @@ def create_app(
         )
 
     app.include_router(health.router)
-    for router in (jobs.router, datasets.router, bundles.router):
+    for router in (jobs.router, datasets.router, bundles.router, users.router, audit.router):
         app.include_router(router, prefix="/v1")
     return app

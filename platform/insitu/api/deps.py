@@ -31,10 +31,13 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_current_user(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
-    return auth.authenticate(session, credentials.credentials if credentials else None)
+    user = auth.authenticate(session, credentials.credentials if credentials else None)
+    request.state.user_id, request.state.user_name = user.id, user.name  # for the audit log
+    return user
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from insitu.catalog import ArrayInfo
-from insitu.db.models import Dataset, Job, JobEvent
+from insitu.db.models import AuditEvent, Dataset, Job, JobEvent, User
 
 
 class JobCreate(BaseModel):
@@ -139,7 +139,14 @@ class ResultsPublic(BaseModel):
 class DatasetCreate(BaseModel):
     name: str = Field(description="Catalog name, e.g. 'ophys/session-001'.")
     url: str = Field(description="Where the Zarr store lives: s3://..., file://... or a path.")
+    access: str = Field(
+        "private", description="Who may read it: 'public', 'private' or 'group:NAME'."
+    )
     description: str | None = None
+
+
+class GrantCreate(BaseModel):
+    user: str = Field(description="Name of the user who may read the dataset.")
 
 
 class DatasetPublic(BaseModel):
@@ -148,6 +155,7 @@ class DatasetPublic(BaseModel):
     format: str
     version: str
     access: str
+    owner: str | None
     description: str | None
     default_array: str
     arrays: list[ArrayInfo]
@@ -162,6 +170,7 @@ class DatasetPublic(BaseModel):
             format=dataset.format,
             version=dataset.version,
             access=dataset.access,
+            owner=dataset.owner.name if dataset.owner else None,
             description=dataset.description,
             default_array=info["default_array"],
             arrays=[ArrayInfo.model_validate(a) for a in info["arrays"]],
@@ -184,3 +193,68 @@ class Health(BaseModel):
     version: str
     backend: str
     database: str
+
+
+class UserCreate(BaseModel):
+    name: str = Field(description="Login name, e.g. 'ada'.")
+    role: str = Field(description="admin, instructor, researcher or participant.")
+    email: str | None = None
+    groups: list[str] = Field(default_factory=list, description="Groups the user belongs to.")
+
+
+class UserPublic(BaseModel):
+    name: str
+    role: str
+    email: str | None
+    groups: list[str]
+    created_at: datetime
+    disabled_at: datetime | None
+    active: bool
+
+    @classmethod
+    def of(cls, user: User) -> UserPublic:
+        return cls(
+            name=user.name,
+            role=user.role,
+            email=user.email,
+            groups=user.groups,
+            created_at=user.created_at,
+            disabled_at=user.disabled_at,
+            active=user.disabled_at is None,
+        )
+
+
+class UserCreated(UserPublic):
+    token: str = Field(description="The user's API token; shown only this once.")
+
+
+class UsersPublic(BaseModel):
+    data: list[UserPublic]
+    count: int
+
+
+class AuditEventPublic(BaseModel):
+    at: datetime
+    user: str | None
+    action: str
+    target: str | None
+    outcome: str
+    detail: str | None
+    bytes: int | None
+
+    @classmethod
+    def of(cls, event: AuditEvent) -> AuditEventPublic:
+        return cls(
+            at=event.at,
+            user=event.user_name,
+            action=event.action,
+            target=event.target,
+            outcome=event.outcome,
+            detail=event.detail,
+            bytes=event.bytes,
+        )
+
+
+class AuditEventsPublic(BaseModel):
+    data: list[AuditEventPublic]
+    count: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import pydantic
@@ -58,6 +59,20 @@ class InsituGroup(TyperGroup):
                 f"unexpected {type(exc).__name__}: {exc} (this is a bug in insitu; "
                 "rerun with INSITU_DEBUG=1 to see where, and report it)"
             ) from None
+
+
+def interactive() -> bool:
+    """Whether a person can answer a question (stdin is a terminal)."""
+    return sys.stdin.isatty()
+
+
+def confirm(question: str, yes: bool, refused: str = "nothing changed") -> None:
+    """Ask before a destructive step when a person is at the terminal; exit 1 on 'no'."""
+    if yes or not interactive():
+        return
+    if not typer.confirm(question, default=False, err=True):
+        output.stderr().print(refused)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def connect() -> Client:

@@ -59,6 +59,15 @@ def register(
             show_default=False,
         ),
     ],
+    access: Annotated[
+        str,
+        typer.Option(
+            "--access",
+            "-a",
+            help="Who may run jobs on it: public, private (you, admins and users you grant) "
+            "or group:NAME.",
+        ),
+    ] = "private",
     description: Annotated[
         str | None, typer.Option("--description", "-d", help="A sentence for people.")
     ] = None,
@@ -66,7 +75,7 @@ def register(
 ) -> None:
     """Register a Zarr store under a catalog name; its arrays are read at once."""
     with connect() as client:
-        dataset = client.register_dataset(name, store_url(url), description)
+        dataset = client.register_dataset(name, store_url(url), description, access=access)
     if as_json:
         output.print_json(dataset)
         return
@@ -96,3 +105,20 @@ def show(name: NameArg, as_json: JsonOpt = False) -> None:
         output.print_json(dataset)
     else:
         _show(dataset)
+
+
+@app.command()
+def grant(
+    name: NameArg,
+    user: Annotated[
+        str, typer.Argument(help="The user who may read it.", metavar="USER", show_default=False)
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Let a user run jobs on a dataset whatever its access rule (its owner or an admin)."""
+    with connect() as client:
+        dataset = client.grant(name, user)
+    if as_json:
+        output.print_json(dataset)
+    else:
+        output.stdout().print(f"{user} may now read {dataset['name']} (access {dataset['access']})")

@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 
 from insitu.cli import output
-from insitu.cli.app import EXIT_FAILED, EXIT_INTERRUPTED, connect, fail
+from insitu.cli.app import EXIT_INTERRUPTED, confirm, connect, fail
 from insitu.states import JobState
 
 JobArg = Annotated[
@@ -143,11 +143,6 @@ def logs(
             sys.stdout.flush()
 
 
-def interactive() -> bool:
-    """Whether a person can answer a question (stdin is a terminal)."""
-    return sys.stdin.isatty()
-
-
 def cancel(
     job_id: JobArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
@@ -156,11 +151,7 @@ def cancel(
     """Cancel a queued or running job (asks first unless --yes)."""
     with connect() as client:
         job = client.job(job_id)
-        if not yes and interactive():
-            question = f"Cancel job {job['id']} ({job['name']}, {job['state']})?"
-            if not typer.confirm(question, default=False, err=True):
-                output.stderr().print("not cancelled")
-                raise typer.Exit(EXIT_FAILED)
+        confirm(f"Cancel job {job['id']} ({job['name']}, {job['state']})?", yes, "not cancelled")
         job = client.cancel(job_id)
     if as_json:
         output.print_json(job)

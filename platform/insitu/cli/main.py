@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from insitu.cli import datasets, demo, jobs, server
+from insitu.cli import datasets, demo, jobs, server, users
 from insitu.cli.app import InsituGroup
 
 app = typer.Typer(
@@ -29,6 +29,9 @@ app.command("list", rich_help_panel="Jobs")(jobs.list_jobs)
 app.command(rich_help_panel="Jobs")(jobs.logs)
 app.command(rich_help_panel="Jobs")(jobs.cancel)
 app.command(rich_help_panel="Jobs")(jobs.results)
+app.add_typer(users.app, name="users", rich_help_panel="Access")
+app.command(rich_help_panel="Access")(users.whoami)
+app.command(rich_help_panel="Access")(users.audit)
 
 
 def main() -> None:

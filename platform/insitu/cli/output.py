@@ -251,7 +251,7 @@ def results_table(results: Iterable[dict[str, Any]]) -> Table:
 
 def datasets_table(datasets: Iterable[dict[str, Any]]) -> Table:
     table = Table(box=None, header_style="bold")
-    for name in ("name", "format", "arrays", "shape", "dtype", "url"):
+    for name in ("name", "format", "arrays", "shape", "dtype", "access", "url"):
         table.add_column(name, no_wrap=name == "name")
     for dataset in datasets:
         default = next(
@@ -264,6 +264,7 @@ def datasets_table(datasets: Iterable[dict[str, Any]]) -> Table:
             str(len(dataset["arrays"])),
             " x ".join(str(n) for n in default["shape"]) if default else "-",
             default["dtype"] if default else "-",
+            dataset["access"],
             dataset["url"],
         )
     return table

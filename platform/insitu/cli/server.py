@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from enum import Enum
 from typing import Annotated
 
 import httpx
@@ -27,6 +28,13 @@ def _check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+class StoreChoice(str, Enum):
+    """Where ``insitu server`` keeps datasets and results."""
+
+    SETTINGS = "settings"
+    SEAWEEDFS = "seaweedfs"
+
+
 def server(
     host: Annotated[
         str | None, typer.Option("--host", help="Interface to bind (default 127.0.0.1).")
@@ -39,6 +47,14 @@ def server(
         typer.Option("--no-dispatcher", help="Serve the API only; another process runs jobs."),
     ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
+    store: Annotated[
+        StoreChoice,
+        typer.Option(
+            "--store",
+            help="'settings': the INSITU_STORAGE__* settings (or local files); 'seaweedfs': "
+            "start a local S3 server under INSITU_HOME for datasets and results.",
+        ),
+    ] = StoreChoice.SETTINGS,
 ) -> None:
     """Run the insitu server (the API and, by default, the dispatcher that runs jobs)."""
     from insitu.server import serve
@@ -59,7 +75,21 @@ def server(
     )
     if settings.server.port and url != settings.url:
         err.print(f"clients: export INSITU_URL={url}")
-    serve(settings, run_dispatcher=not no_dispatcher, log_level=log_level)
+    if store == StoreChoice.SETTINGS:
+        serve(settings, run_dispatcher=not no_dispatcher, log_level=log_level)
+        return
+    from insitu.seaweedfs import DATA_BUCKET, embedded
+
+    seaweed, settings = embedded(settings)
+    err.print(
+        f"object store: SeaweedFS at {seaweed.endpoint_url} (data under {seaweed.directory}); "
+        f"put datasets in s3://{DATA_BUCKET}/ with the platform key in "
+        f"{seaweed.directory / 'keys.json'}; results go to {settings.workspace_url}"
+    )
+    try:
+        serve(settings, run_dispatcher=not no_dispatcher, log_level=log_level)
+    finally:
+        seaweed.stop()
 
 
 def version(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:

@@ -1,11 +1,22 @@
-"""The tables: users and their tokens, datasets, jobs and their state events."""
+"""The tables: users, their tokens and groups; datasets and grants; jobs, events, audit."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -47,6 +58,27 @@ class User(Base):
     disabled_at: Mapped[datetime | None]
 
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user")
+    memberships: Mapped[list[GroupMember]] = relationship(
+        back_populates="user", cascade="all, delete-orphan", order_by="GroupMember.group"
+    )
+
+    @property
+    def groups(self) -> list[str]:
+        """Names of the groups the user belongs to."""
+        return [m.group for m in self.memberships]
+
+
+class GroupMember(Base):
+    """A user's membership of a named group (datasets may be shared with a group)."""
+
+    __tablename__ = "group_members"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    group: Mapped[str] = mapped_column(String(100), primary_key=True)
+
+    user: Mapped[User] = relationship(back_populates="memberships")
 
 
 class ApiToken(Base):
@@ -75,6 +107,29 @@ class Dataset(Base):
     description: Mapped[str | None] = mapped_column(Text)
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    owner: Mapped[User | None] = relationship()
+    grants: Mapped[list[DatasetGrant]] = relationship(
+        back_populates="dataset", cascade="all, delete-orphan"
+    )
+
+
+class DatasetGrant(Base):
+    """A user allowed to read a dataset beyond its access rule."""
+
+    __tablename__ = "dataset_grants"
+    __table_args__ = (UniqueConstraint("dataset_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    granted_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    dataset: Mapped[Dataset] = relationship(back_populates="grants")
+    user: Mapped[User] = relationship()
 
 
 class Job(Base):
@@ -138,3 +193,22 @@ class JobEvent(Base):
     reason: Mapped[str] = mapped_column(Text)
 
     job: Mapped[Job] = relationship(back_populates="events")
+
+
+class AuditEvent(Base):
+    """Who did what to which object, and whether it was allowed: submits, downloads, denials."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    user_name: Mapped[str | None] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(60))
+    target: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(20), default="ok")
+    detail: Mapped[str | None] = mapped_column(Text)
+    bytes: Mapped[int | None] = mapped_column(BigInteger)

@@ -8,7 +8,16 @@ from datetime import datetime
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from insitu.db.models import ApiToken, Dataset, Job, JobEvent, User, utcnow
+from insitu.db.models import (
+    ApiToken,
+    AuditEvent,
+    Dataset,
+    DatasetGrant,
+    Job,
+    JobEvent,
+    User,
+    utcnow,
+)
 from insitu.errors import Conflict, NotFound
 from insitu.states import ACTIVE, JobState, can_transition
 
@@ -30,8 +39,99 @@ def user_by_name(session: Session, name: str) -> User | None:
     return session.scalar(select(User).where(User.name == name))
 
 
+def user_named(session: Session, name: str) -> User:
+    """A user by name, or :class:`NotFound` with a hint."""
+    user = user_by_name(session, name)
+    if user is None:
+        raise NotFound(f"there is no user named {name!r}; 'insitu users list' shows them")
+    return user
+
+
+def list_users(session: Session) -> Sequence[User]:
+    return session.scalars(select(User).order_by(User.name)).all()
+
+
 def count_users(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(User)) or 0
+
+
+def revoke_tokens(session: Session, user: User) -> int:
+    """Revoke every live token of ``user``; return how many."""
+    now = utcnow()
+    live = [t for t in user.tokens if t.revoked_at is None]
+    for token in live:
+        token.revoked_at = now
+    return len(live)
+
+
+def grant(session: Session, dataset: Dataset, user: User, granted_by: str) -> DatasetGrant:
+    """Let ``user`` read ``dataset`` (idempotent)."""
+    existing = session.scalar(
+        select(DatasetGrant).where(
+            DatasetGrant.dataset_id == dataset.id, DatasetGrant.user_id == user.id
+        )
+    )
+    if existing is not None:
+        return existing
+    row = DatasetGrant(dataset=dataset, user=user, granted_by=granted_by)
+    session.add(row)
+    return row
+
+
+def is_granted(session: Session, dataset: Dataset, user: User) -> bool:
+    return (
+        session.scalar(
+            select(DatasetGrant.id).where(
+                DatasetGrant.dataset_id == dataset.id, DatasetGrant.user_id == user.id
+            )
+        )
+        is not None
+    )
+
+
+def add_audit(
+    session: Session,
+    user: User | None,
+    action: str,
+    target: str | None = None,
+    *,
+    outcome: str = "ok",
+    detail: str | None = None,
+    nbytes: int | None = None,
+) -> AuditEvent:
+    """Record one audited action (not committed)."""
+    event = AuditEvent(
+        user_id=user.id if user else None,
+        user_name=user.name if user else None,
+        action=action,
+        target=target,
+        outcome=outcome,
+        detail=detail,
+        bytes=nbytes,
+    )
+    session.add(event)
+    return event
+
+
+def list_audit(
+    session: Session,
+    *,
+    user_name: str | None = None,
+    action: str | None = None,
+    outcome: str | None = None,
+    limit: int = 100,
+) -> tuple[Sequence[AuditEvent], int]:
+    """Audit events newest first, with the total count matching the filter."""
+    query = select(AuditEvent)
+    if user_name is not None:
+        query = query.where(AuditEvent.user_name == user_name)
+    if action is not None:
+        query = query.where(AuditEvent.action == action)
+    if outcome is not None:
+        query = query.where(AuditEvent.outcome == outcome)
+    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit)).all()
+    return rows, count
 
 
 def dataset_by_name(session: Session, name: str) -> Dataset:

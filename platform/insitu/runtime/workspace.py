@@ -9,6 +9,7 @@ it ran.
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -91,17 +92,25 @@ class Workspace:
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url.rstrip("/")
         self.fs, self.root = filesystem(self.url, storage_options)
+        self._local = "file" in self.fs.protocol
 
     def path(self, name: str) -> str:
         """Path of a file in the workspace, inside its filesystem."""
         return f"{self.root}/{name}"
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        """Write a file, creating parent folders as needed."""
+        """Write a file whole: readers never see half of it, even with concurrent writers.
+
+        An object store's PUT is atomic already; on a filesystem the bytes go to a
+        temporary file of this writer's own, renamed into place.
+        """
         path = self.path(name)
+        if not self._local:
+            self.fs.pipe_file(path, data)
+            return
         parent = path.rsplit("/", 1)[0]
         self.fs.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp"
+        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
         self.fs.pipe_file(tmp, data)
         self.fs.mv(tmp, path)
 

@@ -11,6 +11,7 @@ from insitu.catalog import DatasetInfo, inspect_store
 from insitu.db import queries
 from insitu.db.models import Dataset, User
 from insitu.errors import Conflict, InvalidInput, NotFound
+from insitu.services import access
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
 
@@ -21,10 +22,13 @@ def register(
     name: str,
     url: str,
     *,
+    access_rule: str = access.PRIVATE,
     description: str | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> Dataset:
     """Inspect the store at ``url`` and add it to the catalog as ``name`` (commits)."""
+    access.require_role(owner, access.CURATORS, "register datasets")
+    rule = access.parse_access(access_rule)
     if not _NAME_RE.match(name) or len(name) > 200:
         raise InvalidInput(
             f"dataset name {name!r} is not valid; use lower-case words separated by '/', "
@@ -43,10 +47,36 @@ def register(
         format=info.format,
         version=info.version,
         info=info.model_dump(mode="json"),
+        access=rule,
         description=description,
         owner_id=owner.id,
     )
     session.add(dataset)
+    session.flush()
+    queries.add_audit(session, owner, "dataset.register", name, detail=f"{info.url} ({rule})")
+    session.commit()
+    return dataset
+
+
+def readable(session: Session, user: User) -> list[Dataset]:
+    """The catalog as ``user`` may see it."""
+    return [d for d in queries.list_datasets(session) if access.can_read(session, user, d)]
+
+
+def visible(session: Session, user: User, name: str) -> Dataset:
+    """One dataset ``user`` may read, or :class:`NotFound` / :class:`PermissionDenied`."""
+    dataset = queries.dataset_by_name(session, name)
+    access.require_read(session, user, dataset)
+    return dataset
+
+
+def grant(session: Session, by: User, name: str, user_name: str) -> Dataset:
+    """Let a user read a dataset whatever its access rule (commits)."""
+    dataset = queries.dataset_by_name(session, name)
+    access.require_curator_of(by, dataset, f"grant access to {name!r}")
+    user = queries.user_named(session, user_name)
+    queries.grant(session, dataset, user, by.name)
+    queries.add_audit(session, by, "dataset.grant", name, detail=f"to {user.name}")
     session.commit()
     return dataset
 

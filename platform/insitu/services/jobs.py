@@ -14,9 +14,9 @@ from insitu.catalog import resolve_selection
 from insitu.config import Settings
 from insitu.db import queries
 from insitu.db.models import Job, User
-from insitu.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from insitu.errors import Conflict, InvalidInput, NotFound
 from insitu.runtime.workspace import CODE_FILE, JOB_FILE, JobInput
-from insitu.services.auth import Role
+from insitu.services import access
 from insitu.services.bundles import BundleStore
 from insitu.services.datasets import info_of
 from insitu.spec import JobSpec, load_spec
@@ -69,6 +69,7 @@ def submit(
     spec = load_spec(raw_spec)
     check_resources(spec, settings)
     dataset = queries.dataset_by_name(session, spec.dataset)
+    access.require_read(session, owner, dataset)
     info = info_of(dataset)
     array = info.array(spec.array, dataset=f"dataset {dataset.name!r}")
     ranges = resolve_selection(array, spec.select, dataset=f"dataset {dataset.name!r}")
@@ -100,6 +101,14 @@ def submit(
     session.add(job)
     session.flush()
     queries.add_event(session, job, None, JobState.QUEUED, f"submitted by {owner.name}")
+    queries.add_audit(
+        session,
+        owner,
+        "job.submit",
+        job_id,
+        detail=f"{spec.analysis.entrypoint} on {dataset.name}[{array.path}]",
+        nbytes=job.bytes_selected,
+    )
     workspace = objectstore.workspace(settings, workspace_url)
     if bundle_bytes is not None:
         workspace.write_bytes(CODE_FILE, bundle_bytes)
@@ -131,8 +140,7 @@ def submit(
 def visible_job(session: Session, user: User, job_id: str, *, lock: bool = False) -> Job:
     """A job its caller may see: their own, or any for an admin."""
     job = queries.job_by_id(session, job_id, lock=lock)
-    if job.owner_id != user.id and user.role != Role.ADMIN.value:
-        raise NotFound(f"job {job_id!r} does not exist; 'insitu list' shows your jobs")
+    access.require_job_owner(user, job)
     return job
 
 
@@ -149,6 +157,7 @@ def cancel(session: Session, user: User, job_id: str) -> Job:
     else:
         job.target = JobState.CANCELLED.value
         job.reason = f"cancel requested by {user.name}"
+    queries.add_audit(session, user, "job.cancel", job_id, detail=f"was {state.value}")
     session.commit()
     return job
 
@@ -166,7 +175,16 @@ def result_file(job: Job, filename: str) -> dict[str, Any]:
     return {"filename": filename, "media_type": "application/json"}
 
 
-def ensure_owner(job: Job, user: User) -> None:
-    """Only a job's owner and admins may act on it."""
-    if job.owner_id != user.id and user.role != Role.ADMIN.value:
-        raise PermissionDenied(f"job {job.id} belongs to another user")
+def record_download(
+    session: Session, user: User, job: Job, record: dict[str, Any], *, presigned: bool
+) -> None:
+    """Audit one result leaving the platform (commits)."""
+    queries.add_audit(
+        session,
+        user,
+        "result.download",
+        f"{job.id}/{record['filename']}",
+        detail="presigned URL" if presigned else "streamed",
+        nbytes=record.get("size"),
+    )
+    session.commit()

@@ -132,7 +132,9 @@ def download_result(
     job = jobs.visible_job(session, user, job_id)
     record = jobs.result_file(job, filename)
     location = f"{job.workspace}/{RESULTS_DIR}/{filename}"
-    if redirect and objectstore.is_s3(location):
+    presigned = redirect and objectstore.is_s3(location)
+    jobs.record_download(session, user, job, record, presigned=presigned)
+    if presigned:
         url = objectstore.presign(settings, location, filename)
         return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
     workspace = objectstore.workspace(settings, job.workspace)

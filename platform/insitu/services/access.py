@@ -1,0 +1,102 @@
+"""Who may do what: roles, dataset access rules, and job ownership, in one place.
+
+A dataset's access rule is ``public`` (every user), ``private`` (its owner, admins
+and users granted it) or ``group:NAME`` (members of the group, plus grants). Jobs
+and their results belong to their owner; admins see everything.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy.orm import Session
+
+from insitu.db import queries
+from insitu.db.models import Dataset, Job, User
+from insitu.errors import InvalidInput, PermissionDenied
+from insitu.services.auth import Role
+
+PUBLIC, PRIVATE, GROUP_PREFIX = "public", "private", "group:"
+_GROUP_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+#: Roles that may register datasets and grant access to their own.
+CURATORS = (Role.ADMIN, Role.INSTRUCTOR)
+
+
+def is_admin(user: User) -> bool:
+    return user.role == Role.ADMIN.value
+
+
+def check_group_name(name: str) -> str:
+    """A valid group name, or :class:`InvalidInput` saying what one looks like."""
+    if not _GROUP_RE.match(name):
+        raise InvalidInput(
+            f"group name {name!r} is not valid; use lower-case letters, digits, '.', '_' "
+            "or '-', e.g. 'lab-smith'"
+        )
+    return name
+
+
+def parse_access(rule: str) -> str:
+    """Normalise an access rule: ``public``, ``private`` or ``group:NAME``."""
+    rule = rule.strip()
+    if rule in (PUBLIC, PRIVATE):
+        return rule
+    if rule.startswith(GROUP_PREFIX):
+        return GROUP_PREFIX + check_group_name(rule.removeprefix(GROUP_PREFIX))
+    raise InvalidInput(
+        f"access rule {rule!r} is not known; use 'public', 'private' or 'group:NAME'"
+    )
+
+
+def require_role(user: User, roles: tuple[Role, ...], doing: str) -> None:
+    """Refuse ``user`` unless their role is one of ``roles``."""
+    if user.role not in {r.value for r in roles}:
+        allowed = " and ".join(f"{r.value}s" for r in roles)
+        raise PermissionDenied(f"only {allowed} may {doing}; you are {user.name!r} ({user.role})")
+
+
+def can_read(session: Session, user: User, dataset: Dataset) -> bool:
+    """Whether ``user`` may run jobs on ``dataset`` and see its description."""
+    if is_admin(user) or dataset.owner_id == user.id or dataset.access == PUBLIC:
+        return True
+    group = dataset.access.removeprefix(GROUP_PREFIX)
+    if dataset.access.startswith(GROUP_PREFIX) and group in user.groups:
+        return True
+    return queries.is_granted(session, dataset, user)
+
+
+def require_read(session: Session, user: User, dataset: Dataset) -> None:
+    """Refuse a user who may not read ``dataset``, naming it and who can help."""
+    if can_read(session, user, dataset):
+        return
+    owner = dataset.owner.name if dataset.owner else "an admin"
+    how = (
+        f"it is shared with group {dataset.access.removeprefix(GROUP_PREFIX)!r}"
+        if dataset.access.startswith(GROUP_PREFIX)
+        else "it is private"
+    )
+    raise PermissionDenied(
+        f"you ({user.name!r}) may not read dataset {dataset.name!r}: {how}; ask {owner} "
+        f"to run 'insitu datasets grant {dataset.name} {user.name}'"
+    )
+
+
+def require_curator_of(user: User, dataset: Dataset, doing: str) -> None:
+    """Only the dataset's owner (an admin or instructor) or an admin may change it."""
+    if is_admin(user):
+        return
+    require_role(user, CURATORS, doing)
+    if dataset.owner_id != user.id:
+        raise PermissionDenied(
+            f"dataset {dataset.name!r} belongs to another user; only its owner or an admin "
+            f"may {doing}"
+        )
+
+
+def require_job_owner(user: User, job: Job) -> None:
+    """A job and its results are its owner's and the admins' alone."""
+    if job.owner_id != user.id and not is_admin(user):
+        raise PermissionDenied(
+            f"job {job.id} belongs to another user; only its owner and admins may see it "
+            "or its results ('insitu list' shows your jobs)"
+        )
