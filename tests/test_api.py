@@ -98,6 +98,8 @@ def test_dataset_errors_leave_the_catalog_unchanged(
     ("spec", "status", "words"),
     [
         (job_spec(resources={"wrkers": 2}), 422, ["spec.resources.wrkers", "unknown field"]),
+        (job_spec(resources={"workers": "many"}), 422, ["resources.workers", "valid integer"]),
+        (job_spec(select={"t": "all"}), 422, ["select.t"]),
         (job_spec(select={"z": [0, 4]}), 422, ["'z'", "t, y, x"]),
         (job_spec(select={"t": [0, 500]}), 422, ["select.t", "length 90"]),
         (job_spec(select={"t": [10, 5]}), 422, ["empty range"]),
