@@ -1,0 +1,289 @@
+"""Zarr reader on S3: zarr's FsspecStore (s3fs) against ObjectStore (obstore).
+
+Both readers scan the same 2p movie on a local SeaweedFS (127.0.0.1 only) in the same run,
+their runs interleaved, through insitu's metering wrapper as jobs read it. Two figures each:
+
+- ``scan``: a mean over time with dask's threaded scheduler, in MB/s of decoded data;
+- ``raw``: concurrent GETs of every chunk, no decoding, in MB/s of stored bytes.
+
+Run ``.venv/bin/python tests/benchmarks/bench_readers.py --record`` to update
+``docs/benchmarks.json`` (key ``zarr_reader_s3``); ``--help`` lists the sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import boto3
+import dask.array as da
+import numpy as np
+import zarr
+from zarr.abc.store import Store
+from zarr.codecs import ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from insitu.runtime import metering
+from insitu.seaweedfs import SeaweedFS, weed_binary
+from insitu.storage import obstore_config, open_fsspec_store, open_object_store, open_store
+
+BENCHMARK = "zarr_reader_s3"
+BUCKET = "insitu-bench"
+MB = 1e6
+BENCHES = ("scan", "raw")
+ROOT = Path(__file__).resolve().parents[2]
+READERS: dict[str, Callable[[str, dict[str, Any]], Store]] = {
+    "fsspec": lambda url, options: open_fsspec_store(url, options),
+    "obstore": lambda url, options: open_object_store(url, obstore_config(options) or {}),
+}
+
+
+@dataclass(frozen=True)
+class Movie:
+    """The shape of the synthetic 2p movie: uint16 (T, Y, X), chunked along T."""
+
+    frames: int = 2100
+    size: int = 512
+    chunk_frames: int = 64
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.frames, self.size, self.size)
+
+    @property
+    def chunks(self) -> tuple[int, int, int]:
+        return (self.chunk_frames, self.size, self.size)
+
+    @property
+    def raw_bytes(self) -> int:
+        return self.frames * self.size * self.size * 2
+
+
+def synthetic_frames(movie: Movie, start: int, stop: int, seed: int = 0) -> np.ndarray:
+    """Frames ``start:stop`` of a plausible 2p movie: cells on a background, shot noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: movie.size, : movie.size].astype(np.float32) / movie.size
+    background = 120 + 280 * np.exp(-((yy - 0.5) ** 2 + (xx - 0.5) ** 2) / 0.18)
+    cells = 1 + rng.integers(0, 400, size=(movie.size, movie.size))
+    labels = np.where(rng.random((movie.size, movie.size)) < 0.3, cells, 0)
+    activity = rng.random((movie.frames, 401), dtype=np.float32) ** 40 * 3
+    activity[:, 0] = 0
+    frames = np.empty((stop - start, movie.size, movie.size), dtype=np.uint16)
+    noise = np.random.default_rng(seed + 1 + start)
+    for i, t in enumerate(range(start, stop)):
+        signal = background * (1 + activity[t][labels])
+        frames[i] = signal + np.sqrt(signal) * noise.standard_normal(signal.shape, np.float32)
+    return frames
+
+
+def write_movie(store: Store, movie: Movie) -> zarr.Array:
+    """Write the movie chunk by chunk, zstd-compressed, and return the array."""
+    array = zarr.create_array(
+        store,
+        shape=movie.shape,
+        chunks=movie.chunks,
+        dtype="uint16",
+        compressors=ZstdCodec(level=3),
+        dimension_names=["t", "y", "x"],
+    )
+    for start in range(0, movie.frames, movie.chunk_frames):
+        stop = min(start + movie.chunk_frames, movie.frames)
+        array[start:stop] = synthetic_frames(movie, start, stop)
+    return array
+
+
+def chunk_keys(array: zarr.Array) -> list[str]:
+    """The store key of every chunk of ``array``."""
+    metadata = array.metadata
+    assert isinstance(metadata, zarr.core.metadata.ArrayV3Metadata)
+    return [metadata.encode_chunk_key(tuple(c)) for c in np.ndindex(*array.cdata_shape)]
+
+
+def scan(store: Store) -> int:
+    """A mean over time of the whole movie; returns the decoded bytes it covered."""
+    array = zarr.open_array(store=store, mode="r")
+    data = da.from_zarr(array)
+    data.mean(axis=0, dtype="float64").compute(scheduler="threads")
+    return int(data.nbytes)
+
+
+def raw_read(store: Store, keys: list[str], concurrency: int = 16) -> int:
+    """GET every chunk, ``concurrency`` at a time; returns the bytes fetched."""
+
+    async def fetch_all() -> int:
+        limit = asyncio.Semaphore(concurrency)
+
+        async def fetch(key: str) -> int:
+            async with limit:
+                buffer = await store.get(key, default_buffer_prototype())
+                assert buffer is not None, key
+                return len(buffer)
+
+        return sum(await asyncio.gather(*(fetch(k) for k in keys)))
+
+    return sync(fetch_all())
+
+
+def timed(bench: str, store: Store, keys: list[str]) -> dict[str, float]:
+    """One run of ``bench``: wall and CPU seconds, bytes, and the bytes the metering counted."""
+    metering.reset()
+    started, cpu = time.perf_counter(), time.process_time()
+    nbytes = scan(store) if bench == "scan" else raw_read(store, keys)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    metered = metering.snapshot()["bytes"]
+    return {"seconds": seconds, "cpu_seconds": cpu, "bytes": nbytes, "metered": metered}
+
+
+def measure(url: str, options: dict[str, Any], keys: list[str], repeats: int) -> dict[str, Any]:
+    """Every (benchmark, reader) pair: one warm-up, then ``repeats`` interleaved runs."""
+    runs: dict[str, list[dict[str, float]]] = {}
+    for repeat in range(-1, repeats):  # -1 is the warm-up, not recorded
+        order = list(READERS) if repeat % 2 == 0 else list(reversed(READERS))
+        for name in order:
+            for bench in BENCHES:
+                store = metering.CountingStore(READERS[name](url, options))
+                result = timed(bench, store, keys)
+                if repeat >= 0:
+                    runs.setdefault(f"{bench}_{name}", []).append(result)
+    return runs
+
+
+def figures(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    """Median MB/s per (benchmark, reader) and the obstore/fsspec ratio per benchmark."""
+    out: dict[str, Any] = {}
+    for key, results in runs.items():
+        rates = sorted(r["bytes"] / r["seconds"] / MB for r in results)
+        cpu = statistics.median(r["cpu_seconds"] / (r["bytes"] / 1e9) for r in results)
+        out[key] = {
+            "value": round(statistics.median(rates), 1),
+            "unit": "MB/s",
+            "runs_sorted": [round(r, 1) for r in rates],
+            "client_cpu": {"value": round(cpu, 2), "unit": "CPU s/GB"},
+            "metered_bytes": int(results[0]["metered"]),
+        }
+    for bench in BENCHES:
+        ratio = out[f"{bench}_obstore"]["value"] / out[f"{bench}_fsspec"]["value"]
+        out[f"{bench}_ratio_obstore_over_fsspec"] = {"value": round(ratio, 2), "unit": "ratio"}
+    return out
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures were measured."""
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    weed = subprocess.run([weed_binary(), "version"], capture_output=True, text=True)
+    packages = ("zarr", "obstore", "s3fs", "aiobotocore", "fsspec", "dask", "numcodecs")
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "seaweedfs": weed.stdout.strip(),
+        "packages": {name: version(name) for name in packages},
+    }
+
+
+def run(directory: Path, movie: Movie = Movie(), repeats: int = 9) -> dict[str, Any]:
+    """Start SeaweedFS under ``directory``, write the movie, measure both readers."""
+    with SeaweedFS(directory) as server:
+        options: dict[str, Any] = {
+            "client_kwargs": {"endpoint_url": server.endpoint_url, "region_name": "us-east-1"},
+            "key": server.credentials.access_key_id,
+            "secret": server.credentials.secret_access_key,
+        }
+        boto3.client(
+            "s3",
+            endpoint_url=server.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id=options["key"],
+            aws_secret_access_key=options["secret"],
+        ).create_bucket(Bucket=BUCKET)
+        url = f"s3://{BUCKET}/movie.zarr"
+        started = time.perf_counter()
+        writer = open_object_store(url, obstore_config(options) or {}, read_only=False)
+        array = write_movie(writer, movie)
+        write_seconds = time.perf_counter() - started
+        keys = chunk_keys(array)
+        runs = measure(url, options, keys, repeats)
+        kept = kept_reader(url, options)
+    stored = int(runs["raw_fsspec"][0]["bytes"])
+    return {
+        "title": "Zarr reader on S3: FsspecStore vs ObjectStore",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "data": {
+            **asdict(movie),
+            "shape": list(movie.shape),
+            "chunks": list(movie.chunks),
+            "dtype": "uint16",
+            "codec": "zstd level 3",
+            "chunk_count": len(keys),
+            "raw_bytes": movie.raw_bytes,
+            "stored_bytes": stored,
+            "write_seconds": round(write_seconds, 1),
+        },
+        "method": (
+            f"SeaweedFS on 127.0.0.1, same machine; {repeats} interleaved runs per reader after "
+            "one warm-up; scan = dask mean over t (threaded scheduler, one task per chunk), "
+            "MB/s of decoded bytes; raw = 16 concurrent GETs of every chunk, MB/s of stored "
+            "bytes; medians; both readers wrapped in insitu's metering CountingStore"
+        ),
+        "repeats": repeats,
+        "figures": figures(runs),
+        "kept": kept,
+    }
+
+
+def kept_reader(url: str, options: dict[str, Any]) -> str:
+    """The reader insitu's ``open_store`` uses for this S3 URL."""
+    store = open_store(url, storage_options=options)
+    return "obstore" if isinstance(store, zarr.storage.ObjectStore) else "fsspec"
+
+
+def record(result: dict[str, Any], path: Path) -> None:
+    """Store the result under its benchmark key, keeping other benchmarks' keys."""
+    document = json.loads(path.read_text()) if path.exists() else {}
+    document[BENCHMARK] = result
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=Movie.frames, help="T (default %(default)s)")
+    parser.add_argument("--size", type=int, default=Movie.size, help="Y = X (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=9, help="runs per reader (default 9)")
+    parser.add_argument(
+        "--record", action="store_true", help="write the figures to docs/benchmarks.json"
+    )
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="insitu-bench-") as directory:
+        result = run(Path(directory), Movie(args.frames, args.size), args.repeats)
+    print(json.dumps(result, indent=2))
+    if args.record:
+        record(result, ROOT / "docs" / "benchmarks.json")
+    ratios = {b: result["figures"][f"{b}_ratio_obstore_over_fsspec"]["value"] for b in BENCHES}
+    print(f"obstore/fsspec: {ratios}; open_store uses {result['kept']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
