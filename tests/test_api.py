@@ -14,7 +14,9 @@ import pytest
 
 from insitu.client import Client
 from insitu.config import Settings
+from insitu.runtime import bundle
 from insitu.server import BackgroundServer
+from insitu.services.bundles import BundleStore
 
 pytestmark = pytest.mark.timeout(60)
 DATASET = "lab/movie-01"
@@ -239,3 +241,15 @@ def test_cancel_a_queued_job_at_once(settings: Settings, movie: tuple[Path, np.n
             assert results == []
     finally:
         server.stop()
+
+
+def test_a_relative_home_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, analysis_code: Path
+) -> None:
+    """INSITU_HOME=.insitu works: job processes and bundles never depend on the cwd."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("INSITU_HOME", "relative-home")
+    settings = Settings()
+    assert settings.home == tmp_path / "relative-home"
+    digest, _ = BundleStore(settings).put(bundle.pack(analysis_code))
+    assert (tmp_path / "relative-home" / "bundles" / f"{digest}.tar.gz").exists()

@@ -300,6 +300,10 @@ class Client:
         names = [r["filename"] for r in self.results(job_id)] + ["provenance.json"]
         return [self.download(job_id, name, directory) for name in names]
 
+    def provenance(self, job_id: str) -> dict[str, Any]:
+        """The provenance record of a succeeded job: spec, versions, timings, bytes."""
+        return self._json("GET", f"/v1/jobs/{job_id}/results/provenance.json")  # type: ignore[no-any-return]
+
     def result(self, job_id: str, key: str) -> Any:
         """Load one result into memory: an ndarray, a DataFrame, a JSON value or PNG bytes."""
         records = {r["key"]: r for r in self.results(job_id)}

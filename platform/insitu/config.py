@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from insitu.units import parse_duration, parse_size
@@ -135,6 +135,12 @@ class Settings(BaseSettings):
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
     local: LocalBackendSettings = Field(default_factory=LocalBackendSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, home: Path) -> Path:
+        """A relative or ``~`` home becomes absolute: job processes run in other folders."""
+        return home.expanduser().resolve()
 
     @property
     def resolved_database_url(self) -> str:

@@ -192,9 +192,16 @@ class Dispatcher:
         def read(job: Job) -> _Observation:
             workspace = objectstore.workspace(self.settings, job.workspace)
             status = statuses.get(job.id)
+            progress = workspace.read_model(STATUS_FILE, Progress)
             outcome = None
             results_bytes = None
-            if status is not None and status.phase in (BackendPhase.EXITED, BackendPhase.MISSING):
+            ended = status is not None and status.phase in (
+                BackendPhase.EXITED,
+                BackendPhase.MISSING,
+            )
+            # The runner reports "finished" once its outcome is written, before its Dask
+            # cluster and interpreter wind down: the job is done from then on.
+            if ended or (progress is not None and progress.phase == "finished"):
                 outcome = workspace.read_model(OUTCOME_FILE, Outcome)
                 if outcome is not None and outcome.ok:
                     results_bytes = sum(
@@ -202,9 +209,7 @@ class Dispatcher:
                         for name, size in workspace.listdir(RESULTS_DIR)
                         if name != "provenance.json"
                     )
-            return _Observation(
-                status, workspace.read_model(STATUS_FILE, Progress), outcome, results_bytes
-            )
+            return _Observation(status, progress, outcome, results_bytes)
 
         observed = await asyncio.gather(*(asyncio.to_thread(read, job) for job in jobs))
         return {job.id: obs for job, obs in zip(jobs, observed, strict=True)}
@@ -244,9 +249,9 @@ class Dispatcher:
                     **self._progress_fields(obs),
                 )
                 continue
-            if obs.status is not None and obs.status.phase in (
-                BackendPhase.EXITED,
-                BackendPhase.MISSING,
+            if obs.outcome is not None or (
+                obs.status is not None
+                and obs.status.phase in (BackendPhase.EXITED, BackendPhase.MISSING)
             ):
                 await self._finish(job, handle, obs)
                 continue

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from insitu.backends.base import Backend, BackendPhase, BackendStatus, JobHandle
 from insitu.config import Settings
 from insitu.errors import BackendError
 
+REAP_GRACE = 10.0  # seconds a finished runner gets to stop its cluster before it is killed
 _PRIVATE_PREFIXES = ("AWS_", "INSITU_STORAGE__", "INSITU_DATABASE_URL", "INSITU_TOKEN")
 
 
@@ -150,8 +152,23 @@ class LocalBackend(Backend):
 
     async def cleanup(self, handle: JobHandle) -> None:
         child = self._children.pop(handle.job_id, None)
-        if child is not None:
-            await asyncio.to_thread(child.wait)
+        if child is None:
+            return
+        if child.poll() is not None:
+            child.wait()
+            return
+        # A runner that has written its outcome winds its Dask cluster down by itself; the
+        # job is over already, so nobody waits for that. Stragglers are killed later.
+        threading.Thread(
+            target=self._reap, args=(handle, child), name=f"reap-{handle.job_id}", daemon=True
+        ).start()
+
+    def _reap(self, handle: JobHandle, child: subprocess.Popen[bytes]) -> None:
+        try:
+            child.wait(timeout=REAP_GRACE)
+        except subprocess.TimeoutExpired:
+            self._kill(handle, 1.0)
+            child.wait()
 
     async def cleanup_orphans(self, live_job_ids: set[str]) -> list[str]:
         """Kill runner processes of this host whose jobs are no longer live."""

@@ -120,9 +120,14 @@ class ProgressReporter:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        """Stop reporting (idempotent); no status write happens after this returns."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def start_cluster(job: JobInput, stack: ExitStack, scheduler: str | None) -> Any:
@@ -295,12 +300,31 @@ def run_job(workspace: Workspace, job: JobInput, scheduler: str | None = None) -
                     outcome.bytes_scanned, outcome.chunks_read = counts["bytes"], counts["chunks"]
                 except Exception:
                     pass
-    timings["total_s"] = time.perf_counter() - started
-    outcome.timings = timings
-    outcome.core_seconds = cores * (timings["total_s"] - timings.get("cluster_start_s", 0.0))
-    if outcome.ok:
-        workspace.write_json(f"{RESULTS_DIR}/{PROVENANCE_FILE}", _provenance(job, encoded, outcome))
+            if reporter is not None:
+                reporter.close()
+        timings["total_s"] = time.perf_counter() - started
+        outcome.timings = timings
+        outcome.core_seconds = cores * (timings["total_s"] - timings.get("cluster_start_s", 0.0))
+        if outcome.ok:
+            provenance = _provenance(job, encoded, outcome)
+            workspace.write_json(f"{RESULTS_DIR}/{PROVENANCE_FILE}", provenance)
+        total = reporter.chunks_total if reporter is not None else 0
+        finish(workspace, outcome, total)  # before the cluster winds down: the job is over now
     return outcome
+
+
+def finish(workspace: Workspace, outcome: Outcome, chunks_total: int) -> None:
+    """Write the outcome, then say so in ``status.json``; the server ends the job on that."""
+    workspace.write_model(OUTCOME_FILE, outcome)
+    workspace.write_model(
+        STATUS_FILE,
+        Progress(
+            phase="finished",
+            chunks_done=min(outcome.chunks_read, chunks_total),
+            chunks_total=chunks_total,
+            bytes_scanned=outcome.bytes_scanned,
+        ),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,7 +349,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no readable {JOB_FILE} in {args.workspace}", file=sys.stderr)
         return 2
     outcome = run_job(workspace, job, args.scheduler)
-    workspace.write_model(OUTCOME_FILE, outcome)
     log.info(
         "job %s %s: scanned %s, returned %s",
         job.job_id,

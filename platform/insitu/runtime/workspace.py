@@ -51,7 +51,7 @@ class JobInput(BaseModel):
 class Progress(BaseModel):
     """What the runtime reports while it runs (``status.json``)."""
 
-    phase: Literal["starting", "running", "writing"] = "starting"
+    phase: Literal["starting", "running", "writing", "finished"] = "starting"
     chunks_done: int = 0
     chunks_total: int = 0
     bytes_scanned: int = 0

@@ -1,0 +1,428 @@
+"""Scan rate, platform overhead and scaling: insitu jobs against this machine's limits.
+
+For each workload (a 2p mean projection; an EM histogram and a 2x downsample), in one run
+with the contenders interleaved:
+
+- ``platform``: an insitu job on the local backend, from submit to every result fetched;
+- ``handwritten``: the same analysis as a hand-written Dask script (``handwritten.py``)
+  on the same store with the same workers, started as a fresh process, as a user would;
+- ``raw_get``: every chunk fetched from the store with concurrent GETs, no decoding;
+- ``local_disk``: the same analysis decoded and reduced from a local copy on disk, with
+  dask's threaded scheduler on every core.
+
+Rates are in MB/s of the array's raw (decoded) bytes. ``.venv/bin/python
+tests/benchmarks/bench_scan.py --record`` writes the key ``scan`` of docs/benchmarks.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import common
+import dask
+import dask.array as da
+import zarr
+from common import MB, Movie, Volume
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from insitu.client import Client
+from insitu.config import Settings
+from insitu.server import BackgroundServer, background_server
+from insitu.storage import open_store
+
+BENCHMARK = "scan"
+HERE = Path(__file__).resolve().parent
+EXAMPLES = common.ROOT / "examples"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One analysis on one dataset, through insitu and by hand."""
+
+    name: str
+    dataset: str
+    entrypoint: str
+    code: str
+    handwritten: str
+    reduce: Callable[[da.Array], da.Array]
+    max_result: str = "64MiB"
+
+
+def _mean(data: da.Array) -> da.Array:
+    return data.mean(axis=0, dtype="float64")
+
+
+def _histogram(data: da.Array) -> da.Array:
+    return da.histogram(data, bins=256, range=(0, 256))[0]
+
+
+def _downsample(data: da.Array) -> da.Array:
+    return da.coarsen(da.mean, data.astype("float32"), dict.fromkeys(range(3), 2), trim_excess=True)
+
+
+WORKLOADS = (
+    Workload(
+        "2p mean projection",
+        "movie",
+        "ophys_analyses.projection:mean_projection",
+        "ophys",
+        "mean",
+        _mean,
+    ),
+    Workload(
+        "EM histogram",
+        "volume",
+        "em_analyses.histogram:intensity_histogram",
+        "em",
+        "histogram",
+        _histogram,
+    ),
+    Workload(
+        "EM 2x downsample",
+        "volume",
+        "em_analyses.downsample:downsample_2x",
+        "em",
+        "downsample",
+        _downsample,
+        "128MiB",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The datasets' sizes (the defaults are the brief's: a movie of at least 2 GB)."""
+
+    movie: Movie = field(default_factory=lambda: Movie(frames=4096, size=512))
+    volume: Volume = field(default_factory=Volume)
+
+
+class Bench:
+    """A server on the local S3 stack, the datasets registered, and the contenders."""
+
+    def __init__(self, settings: Settings, server: BackgroundServer, locals_: dict[str, Path]):
+        self.settings, self.server, self.locals = settings, server, locals_
+        token = settings.admin_token_path.read_text().strip()
+        self.client = Client(server.url, token, timeout=600)
+        self.bundles = {name: self.client.upload_code(EXAMPLES / name) for name in ("ophys", "em")}
+        storage = settings.storage
+        assert storage.job_access_key_id and storage.job_secret_access_key
+        self.job_env = {
+            "AWS_ACCESS_KEY_ID": storage.job_access_key_id.get_secret_value(),
+            "AWS_SECRET_ACCESS_KEY": storage.job_secret_access_key.get_secret_value(),
+        }
+        self.jobs: list[dict[str, Any]] = []
+
+    def platform(self, work: Workload, workers: int) -> float:
+        """Submit, wait, fetch every result; the job's record is appended to ``jobs``."""
+        spec = {
+            "name": f"bench-{work.handwritten}",
+            "dataset": f"bench/{work.dataset}",
+            "analysis": {"entrypoint": work.entrypoint},
+            "resources": {"workers": workers, "threads_per_worker": 1},
+            "limits": {"max_result_bytes": work.max_result, "timeout": "30m"},
+        }
+
+        def run() -> dict[str, Any]:
+            job = self.client.submit(spec, bundle=self.bundles[work.code])
+            done = self.client.wait(job["id"], poll=0.05)
+            if done["state"] != "succeeded":
+                raise RuntimeError(f"benchmark job failed: {done['error']}")
+            for result in done["results"]:
+                self.client.result(done["id"], result["key"])
+            return done
+
+        seconds, job = common.timed(run)
+        self.jobs.append(job)
+        return seconds
+
+    def phases(self, job: dict[str, Any]) -> dict[str, float]:
+        """Where a job's time went: from its events and the runtime's own timings."""
+        events = self.client.events(job["id"])
+        at = {e["to_state"]: datetime.fromisoformat(e["at"]) for e in events}
+        timings = self.client.provenance(job["id"])["timings"]
+
+        def between(a: str, b: str) -> float:
+            return (at[b] - at[a]).total_seconds()
+
+        return {
+            "queued_to_provisioning_s": between("queued", "provisioning"),
+            "provisioning_to_running_s": between("provisioning", "running"),
+            "running_to_succeeded_s": between("running", "succeeded"),
+            "runner_cluster_start_s": timings.get("cluster_start_s", 0.0),
+            "compute_s": timings.get("compute_s", 0.0),
+            "runner_total_s": timings.get("total_s", 0.0),
+        }
+
+    def handwritten(self, work: Workload, workers: int) -> float:
+        """The hand-written Dask script as a fresh process."""
+        url = common.data_url(f"{work.dataset}.zarr")
+        with tempfile.TemporaryDirectory() as out:
+            command = [
+                sys.executable,
+                str(HERE / "handwritten.py"),
+                work.handwritten,
+                url,
+                f"{out}/result.npy",
+                f"--workers={workers}",
+                f"--endpoint={self.settings.storage.endpoint_url}",
+            ]
+            env = {**os.environ, **self.job_env}
+            seconds, _ = common.timed(lambda: subprocess.run(command, env=env, check=True))
+        return seconds
+
+    def raw_get(self, dataset: str, concurrency: int = 32) -> float:
+        """Seconds to GET every object of the dataset, ``concurrency`` at a time."""
+        url = common.data_url(f"{dataset}.zarr")
+        options = {
+            "key": self.job_env["AWS_ACCESS_KEY_ID"],
+            "secret": self.job_env["AWS_SECRET_ACCESS_KEY"],
+            "client_kwargs": {"endpoint_url": self.settings.storage.endpoint_url},
+        }
+        store = open_store(url, storage_options=options)
+        keys = [str(p.relative_to(self.locals[dataset])) for p in _files(self.locals[dataset])]
+
+        async def fetch_all() -> int:
+            limit = asyncio.Semaphore(concurrency)
+
+            async def fetch(key: str) -> int:
+                async with limit:
+                    buffer = await store.get(key, default_buffer_prototype())
+                    assert buffer is not None, key
+                    return len(buffer)
+
+            return sum(await asyncio.gather(*(fetch(k) for k in keys)))
+
+        seconds, _ = common.timed(lambda: sync(fetch_all()))
+        return seconds
+
+    def local_disk(self, work: Workload) -> float:
+        """Decode and reduce the local copy with every core (dask threads)."""
+        array = zarr.open_array(self.locals[work.dataset], mode="r")
+        data = da.from_zarr(array)
+        with dask.config.set(scheduler="threads", num_workers=os.cpu_count()):
+            seconds, _ = common.timed(lambda: work.reduce(data).compute())
+        return seconds
+
+
+def _files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".bench"))
+
+
+def prepare(sizes: Sizes, cache: Path) -> dict[str, Path]:
+    """The local copies of the datasets (written once, reused by later runs)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    movie = common.cached(
+        cache / f"movie-{sizes.movie.frames}x{sizes.movie.size}.zarr",
+        sizes.movie,
+        lambda p: common.write_movie(p, sizes.movie),
+    )
+    volume = common.cached(
+        cache / f"volume-{sizes.volume.depth}x{sizes.volume.size}.zarr",
+        sizes.volume,
+        lambda p: common.write_volume(p, sizes.volume),
+    )
+    return {"movie": movie, "volume": volume}
+
+
+def measure(bench: Bench, workers_options: tuple[int, ...], repeats: int) -> dict[str, Any]:
+    """Every workload: the machine's limits once, then platform vs hand-written per worker count."""
+    out: dict[str, Any] = {}
+    for work in WORKLOADS:
+        raw = zarr.open_array(bench.locals[work.dataset], mode="r").nbytes
+        limits = common.interleaved(
+            {
+                "raw_get": partial(bench.raw_get, work.dataset),
+                "local_disk": partial(bench.local_disk, work),
+            },
+            repeats,
+        )
+        entry: dict[str, Any] = {
+            "dataset": work.dataset,
+            "raw_bytes": raw,
+            "stored_bytes": sum(p.stat().st_size for p in _files(bench.locals[work.dataset])),
+            "raw_get": _rate(raw, limits["raw_get"]),
+            "local_disk": _rate(raw, limits["local_disk"]),
+            "by_workers": {},
+        }
+        for workers in workers_options:
+            bench.jobs.clear()
+            runs = common.interleaved(
+                {
+                    "platform": partial(bench.platform, work, workers),
+                    "handwritten": partial(bench.handwritten, work, workers),
+                },
+                repeats,
+            )
+            measured = bench.jobs[1:]  # the first was the warm-up
+            entry["by_workers"][str(workers)] = _compare(raw, runs, measured, bench)
+        out[work.name] = entry
+    return out
+
+
+def _rate(raw: int, seconds: list[float]) -> dict[str, Any]:
+    median = common.median(seconds)
+    return {
+        "seconds": round(median, 3),
+        "runs": [round(s, 3) for s in seconds],
+        "rate_mb_s": round(raw / median / MB, 1),
+    }
+
+
+def _compare(
+    raw: int, runs: dict[str, list[float]], jobs: list[dict[str, Any]], bench: Bench
+) -> dict[str, Any]:
+    """Platform against hand-written, and where the platform's time went."""
+    phases = [bench.phases(j) for j in jobs]
+    compute = common.median([p["compute_s"] for p in phases])
+    platform = _rate(raw, runs["platform"])
+    return {
+        "platform": platform,
+        "handwritten": _rate(raw, runs["handwritten"]),
+        "overhead": round(platform["seconds"] / common.median(runs["handwritten"]), 3),
+        "job_compute_s": round(compute, 3),
+        "job_compute_rate_mb_s": round(raw / compute / MB, 1) if compute else None,
+        "job_phases": {k: round(common.median([p[k] for p in phases]), 3) for k in phases[0]},
+        "bytes_scanned": jobs[-1]["bytes_scanned"],
+        "bytes_returned": jobs[-1]["bytes_returned"],
+    }
+
+
+def goals(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """The brief's goals for this benchmark, held against the 2p scan with the most workers."""
+    movie = figures["2p mean projection"]
+    most = max(movie["by_workers"], key=int)
+    compare = movie["by_workers"][most]
+    limit = min(movie["raw_get"]["rate_mb_s"], movie["local_disk"]["rate_mb_s"])
+    fraction = (compare["job_compute_rate_mb_s"] or 0.0) / limit
+    end_to_end = compare["platform"]["rate_mb_s"] / limit
+    return [
+        {
+            "goal": f"platform overhead on the 2p scan, {most} workers: at most 1.10x hand-written",
+            "target": 1.10,
+            "measured": compare["overhead"],
+            "met": compare["overhead"] <= 1.10,
+        },
+        {
+            "goal": "scan rate (the job's compute phase) at least 80% of min(raw GET, local disk)",
+            "target": 0.80,
+            "measured": round(fraction, 3),
+            "met": fraction >= 0.80,
+            "end_to_end_fraction": round(end_to_end, 3),
+        },
+    ]
+
+
+def run(
+    home: Path,
+    sizes: Sizes = Sizes(),
+    workers_options: tuple[int, ...] = (1, 2),
+    repeats: int = 3,
+    cache: Path = common.ROOT / ".bench",
+) -> dict[str, Any]:
+    """Prepare the data, start the stack and the server, and measure every workload."""
+    locals_ = prepare(sizes, cache)
+    with common.s3_stack(home) as (_, settings):
+        for name, path in locals_.items():
+            common.upload(path, common.data_url(f"{name}.zarr"), settings)
+        with background_server(settings) as server:
+            bench = Bench(settings, server, locals_)
+            for name in locals_:
+                bench.client.register_dataset(
+                    f"bench/{name}", common.data_url(f"{name}.zarr"), access="public"
+                )
+            figures = measure(bench, workers_options, repeats)
+            bench.client.close()
+    return {
+        "title": "Scan rate, platform overhead and scaling",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": common.machine(),
+        "data": {
+            "movie": {**asdict(sizes.movie), "shape": list(sizes.movie.shape), "dtype": "uint16"},
+            "volume": {**asdict(sizes.volume), "shape": list(sizes.volume.shape), "dtype": "uint8"},
+            "codec": "zstd level 3",
+            "store": "SeaweedFS on 127.0.0.1 (same machine)",
+        },
+        "method": (
+            f"{repeats} interleaved runs per contender after one warm-up, medians; rates in MB/s "
+            "of raw (decoded) bytes; platform = submit to every result fetched (local backend, "
+            "workers x 1 thread); handwritten = a fresh Python process with a LocalCluster of "
+            "the same workers, da.from_zarr on zarr's ObjectStore, compute, np.save; raw_get = "
+            "32 concurrent GETs of every object; local_disk = dask threads on every core over "
+            "a local copy"
+        ),
+        "repeats": repeats,
+        "figures": figures,
+        "goals": goals(figures),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = Sizes()
+    parser.add_argument("--frames", type=int, default=defaults.movie.frames)
+    parser.add_argument("--depth", type=int, default=defaults.volume.depth)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--record", action="store_true", help="write docs/benchmarks.json")
+    args = parser.parse_args(argv)
+    sizes = Sizes(Movie(frames=args.frames), Volume(depth=args.depth))
+    with tempfile.TemporaryDirectory(prefix="insitu-bench-", dir=common.ROOT / ".bench") as home:
+        result = run(Path(home), sizes, repeats=args.repeats)
+    print(json.dumps(result, indent=2))
+    if args.record:
+        common.record(BENCHMARK, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def report(result: dict[str, Any]) -> str:
+    """The Markdown section of ``docs/benchmarks.md``."""
+    lines = [
+        "## Scan rate, platform overhead and scaling",
+        "",
+        f"Method: {result['method']}. Store: {result['data']['store']}.",
+        "",
+        "![scan rates](benchmarks-scan.png)",
+        "",
+        "| workload | raw bytes | raw GET MB/s | local disk MB/s | workers | hand-written s | "
+        "insitu s | overhead | job compute MB/s | compute / min(GET, disk) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, entry in result["figures"].items():
+        limit = min(entry["raw_get"]["rate_mb_s"], entry["local_disk"]["rate_mb_s"])
+        for workers, c in entry["by_workers"].items():
+            rate = c["job_compute_rate_mb_s"] or 0.0
+            lines.append(
+                f"| {name} | {entry['raw_bytes'] / 1e9:.2f} GB | {entry['raw_get']['rate_mb_s']} | "
+                f"{entry['local_disk']['rate_mb_s']} | {workers} | "
+                f"{c['handwritten']['seconds']} | {c['platform']['seconds']} | "
+                f"**{c['overhead']}x** | {rate} | {rate / limit:.2f} |"
+            )
+    lines += ["", "Where an insitu job's time goes (medians, seconds):", ""]
+    first = next(iter(result["figures"].values()))
+    keys = list(next(iter(first["by_workers"].values()))["job_phases"])
+    lines += [
+        "| workload | workers | " + " | ".join(k.removesuffix("_s") for k in keys) + " |",
+        "|---|---:|" + "---:|" * len(keys),
+    ]
+    for name, entry in result["figures"].items():
+        for workers, c in entry["by_workers"].items():
+            values = " | ".join(str(c["job_phases"][k]) for k in keys)
+            lines.append(f"| {name} | {workers} | {values} |")
+    return "\n".join(lines)
