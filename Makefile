@@ -31,5 +31,9 @@ lint: $(VENV)/.test-installed
 test: lint
 	$(BIN)/pytest
 
+## bench: every benchmark (about 20 min; root for the network namespaces); writes docs/benchmarks.*
+bench: $(VENV)/.test-installed
+	$(BIN)/python tests/benchmarks/run_all.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .bench

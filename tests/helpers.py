@@ -62,3 +62,14 @@ def assert_one_error_line(result: Any, *fragments: str) -> None:
     assert len(lines) == 1, result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def require_seaweedfs() -> None:
+    """Skip (or, under INSITU_REQUIRE=s3, fail) a test when SeaweedFS is not installed."""
+    from insitu.errors import StoreUnreachable
+    from insitu.seaweedfs import weed_binary
+
+    try:
+        weed_binary()
+    except StoreUnreachable as exc:
+        missing("s3", str(exc))

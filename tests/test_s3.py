@@ -23,7 +23,7 @@ import pytest
 import zarr
 from zarr.storage import FsspecStore
 
-from helpers import missing, wait_for
+from helpers import require_seaweedfs, wait_for
 from insitu import objectstore
 from insitu.catalog import inspect_store
 from insitu.client import Client
@@ -38,10 +38,7 @@ pytestmark = [pytest.mark.s3, pytest.mark.timeout(120)]
 @pytest.fixture(scope="module")
 def s3_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SeaweedFS, Settings]]:
     """One SeaweedFS for the module, with the embedded server's buckets and keys."""
-    try:
-        weed_binary()
-    except StoreUnreachable as exc:
-        missing("s3", str(exc))
+    require_seaweedfs()
     home = tmp_path_factory.mktemp("s3home")
     server, configured = embedded(Settings(home=home, server={"port": 0}))  # type: ignore[arg-type]
     yield server, configured
@@ -258,10 +255,7 @@ def test_insitu_server_with_an_embedded_seaweedfs(
     tmp_path: Path, movie: tuple[Path, np.ndarray], analysis_code: Path
 ) -> None:
     """``insitu server --store seaweedfs``: datasets and results in a SeaweedFS it starts."""
-    try:
-        weed_binary()
-    except StoreUnreachable as exc:
-        missing("s3", str(exc))
+    require_seaweedfs()
     home = tmp_path / "home"
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INSITU_", "AWS_"))}

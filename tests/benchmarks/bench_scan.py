@@ -33,6 +33,7 @@ from typing import Any
 import common
 import dask
 import dask.array as da
+import psutil
 import zarr
 from common import MB, Movie, Volume
 from zarr.core.buffer import default_buffer_prototype
@@ -113,8 +114,18 @@ class Sizes:
 class Bench:
     """A server on the local S3 stack, the datasets registered, and the contenders."""
 
-    def __init__(self, settings: Settings, server: BackgroundServer, locals_: dict[str, Path]):
+    def __init__(
+        self,
+        settings: Settings,
+        server: BackgroundServer,
+        locals_: dict[str, Path],
+        store_pid: int | None = None,
+    ):
         self.settings, self.server, self.locals = settings, server, locals_
+        self.store = psutil.Process(store_pid) if store_pid else None
+        #: CPU seconds the object store spent per run, by contender
+        self.store_cpu: dict[str, list[float]] = {"platform": [], "handwritten": []}
+        self.handwritten_phases: list[dict[str, float]] = []
         token = settings.admin_token_path.read_text().strip()
         self.client = Client(server.url, token, timeout=600)
         self.bundles = {name: self.client.upload_code(EXAMPLES / name) for name in ("ophys", "em")}
@@ -145,9 +156,17 @@ class Bench:
                 self.client.result(done["id"], result["key"])
             return done
 
+        before = self._store_cpu()
         seconds, job = common.timed(run)
+        self.store_cpu["platform"].append(self._store_cpu() - before)
         self.jobs.append(job)
         return seconds
+
+    def _store_cpu(self) -> float:
+        if self.store is None:
+            return 0.0
+        times = self.store.cpu_times()
+        return float(times.user + times.system)
 
     def phases(self, job: dict[str, Any]) -> dict[str, float]:
         """Where a job's time went: from its events and the runtime's own timings."""
@@ -163,7 +182,9 @@ class Bench:
             "provisioning_to_running_s": between("provisioning", "running"),
             "running_to_succeeded_s": between("running", "succeeded"),
             "runner_cluster_start_s": timings.get("cluster_start_s", 0.0),
+            "open_s": timings.get("open_s", 0.0),
             "compute_s": timings.get("compute_s", 0.0),
+            "write_s": timings.get("write_s", 0.0),
             "runner_total_s": timings.get("total_s", 0.0),
         }
 
@@ -181,7 +202,12 @@ class Bench:
                 f"--endpoint={self.settings.storage.endpoint_url}",
             ]
             env = {**os.environ, **self.job_env}
-            seconds, _ = common.timed(lambda: subprocess.run(command, env=env, check=True))
+            before = self._store_cpu()
+            seconds, done = common.timed(
+                lambda: subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+            )
+            self.store_cpu["handwritten"].append(self._store_cpu() - before)
+        self.handwritten_phases.append(json.loads(done.stdout.strip().splitlines()[-1]))
         return seconds
 
     def raw_get(self, dataset: str, concurrency: int = 32) -> float:
@@ -238,10 +264,15 @@ def prepare(sizes: Sizes, cache: Path) -> dict[str, Path]:
     return {"movie": movie, "volume": volume}
 
 
-def measure(bench: Bench, workers_options: tuple[int, ...], repeats: int) -> dict[str, Any]:
+def measure(
+    bench: Bench,
+    workers_options: tuple[int, ...],
+    repeats: int,
+    workloads: tuple[Workload, ...] = WORKLOADS,
+) -> dict[str, Any]:
     """Every workload: the machine's limits once, then platform vs hand-written per worker count."""
     out: dict[str, Any] = {}
-    for work in WORKLOADS:
+    for work in workloads:
         raw = zarr.open_array(bench.locals[work.dataset], mode="r").nbytes
         limits = common.interleaved(
             {
@@ -260,6 +291,9 @@ def measure(bench: Bench, workers_options: tuple[int, ...], repeats: int) -> dic
         }
         for workers in workers_options:
             bench.jobs.clear()
+            bench.handwritten_phases.clear()
+            for runs_ in bench.store_cpu.values():
+                runs_.clear()
             runs = common.interleaved(
                 {
                     "platform": partial(bench.platform, work, workers),
@@ -268,7 +302,13 @@ def measure(bench: Bench, workers_options: tuple[int, ...], repeats: int) -> dic
                 repeats,
             )
             measured = bench.jobs[1:]  # the first was the warm-up
-            entry["by_workers"][str(workers)] = _compare(raw, runs, measured, bench)
+            compared = _compare(raw, runs, measured, bench)
+            cores = os.cpu_count() or 1
+            compared["store_cpu_share"] = {
+                name: round(common.median(cpu[1:]) / (cores * common.median(runs[name])), 3)
+                for name, cpu in bench.store_cpu.items()
+            }
+            entry["by_workers"][str(workers)] = compared
         out[work.name] = entry
     return out
 
@@ -289,13 +329,31 @@ def _compare(
     phases = [bench.phases(j) for j in jobs]
     compute = common.median([p["compute_s"] for p in phases])
     platform = _rate(raw, runs["platform"])
+    job = {k: common.median([p[k] for p in phases]) for k in phases[0]}
+    hand = {
+        k: common.median([p[k] for p in bench.handwritten_phases[1:]])
+        for k in bench.handwritten_phases[0]
+    }
+    start = job["queued_to_provisioning_s"] + job["provisioning_to_running_s"]
+    span = start + job["running_to_succeeded_s"]
+    breakdown = {
+        "startup": start - hand["startup_s"] - hand["cluster_start_s"],
+        "compute": job["compute_s"] - hand["compute_s"],
+        "after_compute": job["running_to_succeeded_s"] - job["compute_s"],
+        "api_and_polling": platform["seconds"] - span,
+    }
     return {
+        "overhead_breakdown_s": {k: round(v, 3) for k, v in breakdown.items()},
         "platform": platform,
         "handwritten": _rate(raw, runs["handwritten"]),
         "overhead": round(platform["seconds"] / common.median(runs["handwritten"]), 3),
         "job_compute_s": round(compute, 3),
         "job_compute_rate_mb_s": round(raw / compute / MB, 1) if compute else None,
         "job_phases": {k: round(common.median([p[k] for p in phases]), 3) for k in phases[0]},
+        "handwritten_phases": {
+            k: round(common.median([p[k] for p in bench.handwritten_phases[1:]]), 3)
+            for k in bench.handwritten_phases[0]
+        },
         "bytes_scanned": jobs[-1]["bytes_scanned"],
         "bytes_returned": jobs[-1]["bytes_returned"],
     }
@@ -303,7 +361,9 @@ def _compare(
 
 def goals(figures: dict[str, Any]) -> list[dict[str, Any]]:
     """The brief's goals for this benchmark, held against the 2p scan with the most workers."""
-    movie = figures["2p mean projection"]
+    movie = figures.get("2p mean projection")
+    if movie is None:
+        return []
     most = max(movie["by_workers"], key=int)
     compare = movie["by_workers"][most]
     limit = min(movie["raw_get"]["rate_mb_s"], movie["local_disk"]["rate_mb_s"])
@@ -332,19 +392,21 @@ def run(
     workers_options: tuple[int, ...] = (1, 2),
     repeats: int = 3,
     cache: Path = common.ROOT / ".bench",
+    workloads: tuple[Workload, ...] = WORKLOADS,
 ) -> dict[str, Any]:
     """Prepare the data, start the stack and the server, and measure every workload."""
     locals_ = prepare(sizes, cache)
-    with common.s3_stack(home) as (_, settings):
+    with common.s3_stack(home) as (store, settings):
         for name, path in locals_.items():
             common.upload(path, common.data_url(f"{name}.zarr"), settings)
         with background_server(settings) as server:
-            bench = Bench(settings, server, locals_)
+            pid = store._process.pid if store._process else None
+            bench = Bench(settings, server, locals_, pid)
             for name in locals_:
                 bench.client.register_dataset(
                     f"bench/{name}", common.data_url(f"{name}.zarr"), access="public"
                 )
-            figures = measure(bench, workers_options, repeats)
+            figures = measure(bench, workers_options, repeats, workloads)
             bench.client.close()
     return {
         "title": "Scan rate, platform overhead and scaling",
@@ -376,11 +438,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=defaults.movie.frames)
     parser.add_argument("--depth", type=int, default=defaults.volume.depth)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, action="append", help="worker counts (1 and 2)")
+    parser.add_argument("--only", help="only workloads whose name contains this")
     parser.add_argument("--record", action="store_true", help="write docs/benchmarks.json")
     args = parser.parse_args(argv)
     sizes = Sizes(Movie(frames=args.frames), Volume(depth=args.depth))
     with tempfile.TemporaryDirectory(prefix="insitu-bench-", dir=common.ROOT / ".bench") as home:
-        result = run(Path(home), sizes, repeats=args.repeats)
+        chosen = tuple(w for w in WORKLOADS if not args.only or args.only in w.name)
+        workers = tuple(args.workers or (1, 2))
+        result = run(Path(home), sizes, workers, args.repeats, workloads=chosen)
     print(json.dumps(result, indent=2))
     if args.record:
         common.record(BENCHMARK, result)
@@ -413,6 +479,23 @@ def report(result: dict[str, Any]) -> str:
                 f"{entry['local_disk']['rate_mb_s']} | {workers} | "
                 f"{c['handwritten']['seconds']} | {c['platform']['seconds']} | "
                 f"**{c['overhead']}x** | {rate} | {rate / limit:.2f} |"
+            )
+    lines += [
+        "",
+        "Where insitu's extra time goes, in seconds against the hand-written script (startup: "
+        "queued to running against the script's interpreter, imports and cluster start; "
+        "compute: the job's analysis against the script's compute; after compute: writing "
+        "results until the job is succeeded; API and polling: submit, waiting and fetching):",
+        "",
+        "| workload | workers | startup | compute | after compute | API and polling |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, entry in result["figures"].items():
+        for workers, c in entry["by_workers"].items():
+            b = c["overhead_breakdown_s"]
+            lines.append(
+                f"| {name} | {workers} | {b['startup']} | {b['compute']} | "
+                f"{b['after_compute']} | {b['api_and_polling']} |"
             )
     lines += ["", "Where an insitu job's time goes (medians, seconds):", ""]
     first = next(iter(result["figures"].values()))

@@ -98,7 +98,7 @@ def write_movie(store: Store | str | Path, movie: Movie) -> zarr.Array:
 class Volume:
     """A synthetic EM volume: uint8 (Z, Y, X) in cubic chunks, zstd."""
 
-    depth: int = 640
+    depth: int = 384
     size: int = 1024
     chunk: int = 128
 

@@ -8,18 +8,13 @@ from pathlib import Path
 import bench_readers
 import pytest
 
-from helpers import missing
-from insitu.errors import StoreUnreachable
-from insitu.seaweedfs import weed_binary
+from helpers import require_seaweedfs
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.s3, pytest.mark.timeout(120)]
 
 
 def test_the_reader_benchmark_runs_and_records(tmp_path: Path) -> None:
-    try:
-        weed_binary()
-    except StoreUnreachable as exc:
-        missing("s3", str(exc))
+    require_seaweedfs()
     movie = bench_readers.Movie(frames=70, size=128, chunk_frames=32)
     result = bench_readers.run(tmp_path / "s3", movie, repeats=1)
 

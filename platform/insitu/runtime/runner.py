@@ -248,6 +248,8 @@ def run_job(workspace: Workspace, job: JobInput, scheduler: str | None = None) -
                 cores,
             )
             reporter = stack.enter_context(ProgressReporter(workspace, client, data.npartitions))
+            timings["open_s"] = time.perf_counter() - cluster_up
+            analysis_start = time.perf_counter()
             try:
                 returned = function(data, context=context, **context.params)
                 if not isinstance(returned, dict):
@@ -263,7 +265,8 @@ def run_job(workspace: Workspace, job: JobInput, scheduler: str | None = None) -
                 raise AnalysisFailed(
                     f"the analysis raised {type(exc).__name__}: {exc}{_user_frame(exc)}"
                 ) from exc
-            timings["compute_s"] = time.perf_counter() - cluster_up
+            timings["compute_s"] = time.perf_counter() - analysis_start
+            writing = time.perf_counter()
             encoded = [encode(key, value) for key, value in computed.items()]
             counts = reporter.write(phase="writing")
             outcome.bytes_scanned, outcome.chunks_read = counts["bytes"], counts["chunks"]
@@ -285,6 +288,7 @@ def run_job(workspace: Workspace, job: JobInput, scheduler: str | None = None) -
                 )
                 for e in encoded
             ]
+            timings["write_s"] = time.perf_counter() - writing
             outcome.ok = True
         except InsituError as exc:
             outcome.error, outcome.error_kind = exc.message, exc.code
