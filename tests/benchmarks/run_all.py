@@ -58,6 +58,69 @@ def goals_table(document: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def causes(document: dict[str, Any]) -> str:
+    """Why each goal that is not met is not met, from the recorded figures."""
+    lines = ["## Goals not met, and why (measured)", ""]
+    scan = document.get("scan", {}).get("figures", {}).get("2p mean projection")
+    if scan:
+        workers = max(scan["by_workers"], key=int)
+        c = scan["by_workers"][workers]
+        b, hand = c["overhead_breakdown_s"], c["handwritten_phases"]
+        limit = min(scan["raw_get"]["rate_mb_s"], scan["local_disk"]["rate_mb_s"])
+        hand_rate = scan["raw_bytes"] / hand["compute_s"] / 1e6
+        lines += [
+            f"**Platform overhead ({c['overhead']}x on the 2p scan, {workers} workers).** "
+            f"insitu took {c['platform']['seconds']} s against {c['handwritten']['seconds']} s. "
+            f"The difference splits into: start-up {b['startup']} s (a fresh runner process "
+            "that imports insitu's runtime and the object-store clients, and starts its own "
+            "LocalCluster, against the script's interpreter and cluster start), compute "
+            f"{b['compute']} s, after compute {b['after_compute']} s (writing results, then "
+            f"the dispatcher noticing), and API and polling {b['api_and_polling']} s (submit, "
+            "the client's polling, fetching the result). Run to run, the same job's compute "
+            f"varies by about a second on this machine (insitu runs: {c['platform']['runs']} s; "
+            f"hand-written: {c['handwritten']['runs']} s), so the compute term is within "
+            "noise; start-up is the systematic part. A warm pool of runners and workers "
+            "(the courses issue) removes it; the fix measured below already removed the "
+            "cluster's wind-down from every job.",
+            "",
+            f"**Scan rate ({_goal(document, 'scan', 1)} of the limit).** The limit, "
+            f"min(raw GET {scan['raw_get']['rate_mb_s']} MB/s, local-disk decode "
+            f"{scan['local_disk']['rate_mb_s']} MB/s) = {limit} MB/s, is measured with each "
+            "part alone. A scan needs both at once, on the same two cores: the object store "
+            f"itself used {c['store_cpu_share']['platform']:.0%} of the machine's CPU during "
+            "insitu's runs, and the client side of the GETs (HTTP, checksums, copies) runs in "
+            "the same worker processes as the decoding. The hand-written script, with no insitu "
+            f"code at all, computes at {hand_rate:.0f} MB/s, {hand_rate / limit:.0%} of the same "
+            "limit, so the gap is this machine's two shared cores, not insitu's reader. On a "
+            "cluster next to a bucket, the store runs elsewhere and the bound is the GET rate.",
+            "",
+        ]
+    proximal = document.get("data_proximal", {}).get("figures")
+    if proximal and not all(g["met"] for g in document["data_proximal"]["goals"]):
+        phases = proximal["insitu"]["phases_median_s"]
+        lines += [
+            f"**Time to answer from the lab ({proximal['speedup']['value']}x faster).** Of the "
+            f"insitu job's {proximal['insitu']['seconds']['median']} s, the computation took "
+            f"{phases['runner_compute_s']} s and the job spent {phases['queued_to_running_s']} s "
+            f"from queued to running (its runner's start-up, {phases['runner_cluster_start_s']} s "
+            "of it the cluster). The download path is bound by the link, so every second of "
+            "start-up removed raises the ratio: the warm pool of the courses issue is the fix.",
+            "",
+        ]
+    if len(lines) == 2:
+        lines.append("Every goal measured here is met.")
+    lines += [
+        "Not measured here yet: submit-to-running under 1 s with a warm pool, and API p99 "
+        "under 50 ms with 60 clients; both come with the courses issue (its load test).",
+    ]
+    return "\n".join(lines)
+
+
+def _goal(document: dict[str, Any], key: str, index: int) -> str:
+    goals = document.get(key, {}).get("goals", [])
+    return f"{goals[index]['measured']:.0%}" if len(goals) > index else "?"
+
+
 def plot_scan(result: dict[str, Any], path: Path) -> None:
     """Rates per workload: the machine's limits, the hand-written script and insitu."""
     names = list(result["figures"])
@@ -104,7 +167,7 @@ def plot_proximal(result: dict[str, Any], path: Path) -> None:
 
 def write_docs(document: dict[str, Any], docs: Path = common.DOCS) -> None:
     """benchmarks.md and the PNGs in ``docs`` from the recorded figures."""
-    sections = [INTRO, "## The brief's goals", "", goals_table(document), ""]
+    sections = [INTRO, "## The brief's goals", "", goals_table(document), "", causes(document), ""]
     for key, module, _ in BENCHMARKS:
         if key in document:
             sections += [module.report(document[key]), ""]
