@@ -443,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", action="store_true", help="write docs/benchmarks.json")
     args = parser.parse_args(argv)
     sizes = Sizes(Movie(frames=args.frames), Volume(depth=args.depth))
-    with tempfile.TemporaryDirectory(prefix="insitu-bench-", dir=common.ROOT / ".bench") as home:
+    cache = common.ROOT / ".bench"
+    cache.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="insitu-bench-", dir=cache) as home:
         chosen = tuple(w for w in WORKLOADS if not args.only or args.only in w.name)
         workers = tuple(args.workers or (1, 2))
         result = run(Path(home), sizes, workers, args.repeats, workloads=chosen)
