@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=Movie.frames, help="T (default %(default)s)")
     parser.add_argument("--size", type=int, default=Movie.size, help="Y = X (default %(default)s)")
-    parser.add_argument("--repeats", type=int, default=9, help="runs per reader (default 9)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per reader (default 5)")
     parser.add_argument(
         "--record", action="store_true", help="write the figures to docs/benchmarks.json"
     )
