@@ -68,21 +68,46 @@ def causes(document: dict[str, Any]) -> str:
         b, hand = c["overhead_breakdown_s"], c["handwritten_phases"]
         limit = min(scan["raw_get"]["rate_mb_s"], scan["local_disk"]["rate_mb_s"])
         hand_rate = scan["raw_bytes"] / hand["compute_s"] / 1e6
+        terms = {
+            "start-up (a fresh runner process with its imports and its own LocalCluster, "
+            "against the script's interpreter, imports and cluster start)": b["startup"],
+            "compute (the job's analysis against the script's compute)": b["compute"],
+            "writing results until the job is succeeded": b["after_compute"],
+            "API and polling (submit, the client's polling, fetching the result)": b[
+                "api_and_polling"
+            ],
+        }
+        largest = max(terms, key=lambda t: terms[t])
+        others = {w: v for w, v in scan["by_workers"].items() if w != workers}
+        elsewhere = "; ".join(
+            f"with {w} worker(s) the overhead was {v['overhead']}x and the compute term "
+            f"{v['overhead_breakdown_s']['compute']} s"
+            for w, v in others.items()
+        )
         lines += [
             f"**Platform overhead ({c['overhead']}x on the 2p scan, {workers} workers).** "
-            f"insitu took {c['platform']['seconds']} s against {c['handwritten']['seconds']} s. "
-            f"The difference splits into: start-up {b['startup']} s (a fresh runner process "
-            "that imports insitu's runtime and the object-store clients, and starts its own "
-            "LocalCluster, against the script's interpreter and cluster start), compute "
-            f"{b['compute']} s, after compute {b['after_compute']} s (writing results, then "
-            f"the dispatcher noticing), and API and polling {b['api_and_polling']} s (submit, "
-            "the client's polling, fetching the result). Run to run, the same job's compute "
-            f"varies by about a second on this machine (insitu runs: {c['platform']['runs']} s; "
-            f"hand-written: {c['handwritten']['runs']} s), so the compute term is within "
-            "noise; start-up is the systematic part. A warm pool of runners and workers "
-            "(the courses issue) removes it; the fix measured below already removed the "
-            "cluster's wind-down from every job.",
+            f"insitu took {c['platform']['seconds']} s against {c['handwritten']['seconds']} s "
+            f"(runs: insitu {c['platform']['runs']} s, hand-written {c['handwritten']['runs']} "
+            "s). The difference, term by term: "
+            + "; ".join(f"{name} {value:+.2f} s" for name, value in terms.items())
+            + f". The largest term is {largest.split(' (')[0]}. "
+            + (f"For comparison, {elsewhere}. " if elsewhere else "")
+            + (
+                "The compute term changes sign between worker counts, so on this noisy machine "
+                "it is run-to-run variation of the scan itself; "
+                if any(
+                    (v["overhead_breakdown_s"]["compute"] > 0) != (b["compute"] > 0)
+                    for v in others.values()
+                )
+                else "The compute term has the same sign at every worker count; "
+            )
+            + "what insitu adds by design is the API and polling term and, for large results, "
+            "writing them. A warm pool of runners (the courses issue) would take the runner's "
+            "start-up off every job; the fix measured below already took the cluster's "
+            "wind-down off.",
             "",
+        ]
+        lines += [
             f"**Scan rate ({_goal(document, 'scan', 1)} of the limit).** The limit, "
             f"min(raw GET {scan['raw_get']['rate_mb_s']} MB/s, local-disk decode "
             f"{scan['local_disk']['rate_mb_s']} MB/s) = {limit} MB/s, is measured with each "
