@@ -42,8 +42,9 @@ INTRO = """# Benchmarks
 What insitu costs and what it saves, measured on this project's 2-core machine. Every
 figure is a ratio of contenders measured in the same run, interleaved, because these
 machines are noisy; the tests never assert on timings. `make bench` reruns everything
-(about 16 minutes on this machine) and rewrites this page, [`benchmarks.json`](benchmarks.json) (every
-figure, with the goal it is held against) and the plots. The scripts are in
+(about 16 minutes on this machine) and rewrites this page,
+[`benchmarks.json`](benchmarks.json) (every figure, with the goal it is held against) and
+the plots. The scripts are in
 [`tests/benchmarks/`](../tests/benchmarks/). The sampling profile behind the fix measured
 below is in [`profile.md`](profile.md).
 """
