@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -159,22 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-round", type=int, default=2)
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
-    cache = common.ROOT / ".bench"
-    cache.mkdir(exist_ok=True)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="insitu-bench-", dir=cache) as home:
-        result = run(
-            Path(home), args.before, Movie(frames=args.frames), args.rounds, args.per_round, cache
-        )
+    with common.scratch() as home:
+        movie = Movie(frames=args.frames)
+        result = run(home, args.before, movie, args.rounds, args.per_round, common.CACHE)
     result["wall_s"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(result, indent=2))
-    if args.record:
-        common.record(BENCHMARK, result)
+    common.publish(BENCHMARK, result, args.record)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def report(result: dict[str, Any]) -> str:

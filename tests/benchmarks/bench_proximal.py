@@ -396,7 +396,7 @@ def run(
     *,
     rate_mbit: float = 100.0,
     rtt: float = 0.020,
-    cache: Path = common.ROOT / ".bench",
+    cache: Path = common.CACHE,
     probe_bytes: int = 25_000_000,
     jobs_per_round: int = 3,
 ) -> dict[str, Any]:
@@ -549,10 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", action="store_true", help="write docs/benchmarks.json")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    (common.ROOT / ".bench").mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="insitu-bench-", dir=common.ROOT / ".bench") as home:
+    with common.scratch() as home:
         movie = Movie(args.frames, args.size)
-        result = run(Path(home), movie, args.select, args.repeats, jobs_per_round=args.jobs)
+        result = run(home, movie, args.select, args.repeats, jobs_per_round=args.jobs)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     if args.record:
         common.record(BENCHMARK, result)

@@ -13,8 +13,6 @@ Run ``.venv/bin/python tests/benchmarks/bench_readers.py --record`` to update
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -32,8 +30,6 @@ import numpy as np
 import zarr
 from common import RESULTS_JSON, Movie, machine, write_movie
 from zarr.abc.store import Store
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 
 from insitu.runtime import metering
 from insitu.seaweedfs import SeaweedFS
@@ -65,28 +61,11 @@ def scan(store: Store) -> int:
     return int(data.nbytes)
 
 
-def raw_read(store: Store, keys: list[str], concurrency: int = 16) -> int:
-    """GET every chunk, ``concurrency`` at a time; returns the bytes fetched."""
-
-    async def fetch_all() -> int:
-        limit = asyncio.Semaphore(concurrency)
-
-        async def fetch(key: str) -> int:
-            async with limit:
-                buffer = await store.get(key, default_buffer_prototype())
-                assert buffer is not None, key
-                return len(buffer)
-
-        return sum(await asyncio.gather(*(fetch(k) for k in keys)))
-
-    return sync(fetch_all())
-
-
 def timed(bench: str, store: Store, keys: list[str]) -> dict[str, float]:
     """One run of ``bench``: wall and CPU seconds, bytes, and the bytes the metering counted."""
     metering.reset()
     started, cpu = time.perf_counter(), time.process_time()
-    nbytes = scan(store) if bench == "scan" else raw_read(store, keys)
+    nbytes = scan(store) if bench == "scan" else common.fetch_all(store, keys)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     metered = metering.snapshot()["bytes"]
     return {"seconds": seconds, "cpu_seconds": cpu, "bytes": nbytes, "metered": metered}
@@ -198,9 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="insitu-bench-") as directory:
         result = run(Path(directory), Movie(args.frames, args.size), args.repeats)
-    print(json.dumps(result, indent=2))
-    if args.record:
-        record(result)
+    common.publish(BENCHMARK, result, args.record)
     ratios = {b: result["figures"][f"{b}_ratio_obstore_over_fsspec"]["value"] for b in BENCHES}
     print(f"obstore/fsspec: {ratios}; open_store uses {result['kept']}", file=sys.stderr)
     return 0

@@ -17,13 +17,11 @@ tests/benchmarks/bench_scan.py --record`` writes the key ``scan`` of docs/benchm
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import partial
@@ -33,11 +31,10 @@ from typing import Any
 import common
 import dask
 import dask.array as da
+import handwritten
 import psutil
 import zarr
 from common import MB, Movie, Volume
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 
 from insitu.client import Client
 from insitu.config import Settings
@@ -57,21 +54,8 @@ class Workload:
     dataset: str
     entrypoint: str
     code: str
-    handwritten: str
-    reduce: Callable[[da.Array], da.Array]
+    handwritten: str  # the same analysis in handwritten.py, also used for local_disk
     max_result: str = "64MiB"
-
-
-def _mean(data: da.Array) -> da.Array:
-    return data.mean(axis=0, dtype="float64")
-
-
-def _histogram(data: da.Array) -> da.Array:
-    return da.histogram(data, bins=256, range=(0, 256))[0]
-
-
-def _downsample(data: da.Array) -> da.Array:
-    return da.coarsen(da.mean, data.astype("float32"), dict.fromkeys(range(3), 2), trim_excess=True)
 
 
 WORKLOADS = (
@@ -81,7 +65,6 @@ WORKLOADS = (
         "ophys_analyses.projection:mean_projection",
         "ophys",
         "mean",
-        _mean,
     ),
     Workload(
         "EM histogram",
@@ -89,7 +72,6 @@ WORKLOADS = (
         "em_analyses.histogram:intensity_histogram",
         "em",
         "histogram",
-        _histogram,
     ),
     Workload(
         "EM 2x downsample",
@@ -97,7 +79,6 @@ WORKLOADS = (
         "em_analyses.downsample:downsample_2x",
         "em",
         "downsample",
-        _downsample,
         "128MiB",
     ),
 )
@@ -219,20 +200,9 @@ class Bench:
             "client_kwargs": {"endpoint_url": self.settings.storage.endpoint_url},
         }
         store = open_store(url, storage_options=options)
-        keys = [str(p.relative_to(self.locals[dataset])) for p in _files(self.locals[dataset])]
-
-        async def fetch_all() -> int:
-            limit = asyncio.Semaphore(concurrency)
-
-            async def fetch(key: str) -> int:
-                async with limit:
-                    buffer = await store.get(key, default_buffer_prototype())
-                    assert buffer is not None, key
-                    return len(buffer)
-
-            return sum(await asyncio.gather(*(fetch(k) for k in keys)))
-
-        seconds, _ = common.timed(lambda: sync(fetch_all()))
+        local = self.locals[dataset]
+        keys = [str(p.relative_to(local)) for p in common.store_files(local)]
+        seconds, _ = common.timed(lambda: common.fetch_all(store, keys, concurrency))
         return seconds
 
     def local_disk(self, work: Workload) -> float:
@@ -240,12 +210,9 @@ class Bench:
         array = zarr.open_array(self.locals[work.dataset], mode="r")
         data = da.from_zarr(array)
         with dask.config.set(scheduler="threads", num_workers=os.cpu_count()):
-            seconds, _ = common.timed(lambda: work.reduce(data).compute())
+            reduce = handwritten.WORKLOADS[work.handwritten]
+            seconds, _ = common.timed(lambda: reduce(data).compute())
         return seconds
-
-
-def _files(path: Path) -> list[Path]:
-    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".bench"))
 
 
 def prepare(sizes: Sizes, cache: Path) -> dict[str, Path]:
@@ -284,7 +251,7 @@ def measure(
         entry: dict[str, Any] = {
             "dataset": work.dataset,
             "raw_bytes": raw,
-            "stored_bytes": sum(p.stat().st_size for p in _files(bench.locals[work.dataset])),
+            "stored_bytes": common.stored_bytes(bench.locals[work.dataset]),
             "raw_get": _rate(raw, limits["raw_get"]),
             "local_disk": _rate(raw, limits["local_disk"]),
             "by_workers": {},
@@ -391,7 +358,7 @@ def run(
     sizes: Sizes = Sizes(),
     workers_options: tuple[int, ...] = (1, 2),
     repeats: int = 3,
-    cache: Path = common.ROOT / ".bench",
+    cache: Path = common.CACHE,
     workloads: tuple[Workload, ...] = WORKLOADS,
 ) -> dict[str, Any]:
     """Prepare the data, start the stack and the server, and measure every workload."""
@@ -443,15 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", action="store_true", help="write docs/benchmarks.json")
     args = parser.parse_args(argv)
     sizes = Sizes(Movie(frames=args.frames), Volume(depth=args.depth))
-    cache = common.ROOT / ".bench"
-    cache.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="insitu-bench-", dir=cache) as home:
+    with common.scratch() as home:
         chosen = tuple(w for w in WORKLOADS if not args.only or args.only in w.name)
         workers = tuple(args.workers or (1, 2))
-        result = run(Path(home), sizes, workers, args.repeats, workloads=chosen)
-    print(json.dumps(result, indent=2))
-    if args.record:
-        common.record(BENCHMARK, result)
+        result = run(home, sizes, workers, args.repeats, workloads=chosen)
+    common.publish(BENCHMARK, result, args.record)
     return 0
 
 

@@ -6,11 +6,13 @@ its figures under its own key of ``docs/benchmarks.json``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
 import statistics
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +26,8 @@ import numpy as np
 import zarr
 from zarr.abc.store import Store
 from zarr.codecs import ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from insitu import objectstore
 from insitu.config import Settings
@@ -31,6 +35,7 @@ from insitu.seaweedfs import DATA_BUCKET, SeaweedFS, embedded, weed_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
+CACHE = ROOT / ".bench"  # generated datasets and scratch homes (git-ignored)
 RESULTS_JSON = DOCS / "benchmarks.json"
 MB = 1e6
 T = TypeVar("T")
@@ -172,7 +177,7 @@ def upload(local: Path, url: str, settings: Settings, workers: int = 16) -> int:
     """Copy a local Zarr store under an ``s3://`` URL with concurrent PUTs; return bytes."""
     client = objectstore.boto_client(settings)
     bucket, prefix = objectstore.bucket_and_key(url)
-    files = [p for p in local.rglob("*") if p.is_file() and not p.name.startswith(".bench")]
+    files = store_files(local)
 
     def put(path: Path) -> int:
         key = f"{prefix}/{path.relative_to(local).as_posix()}"
@@ -189,9 +194,39 @@ def data_url(name: str) -> str:
     return f"s3://{DATA_BUCKET}/bench/{name}"
 
 
+def store_files(path: Path) -> list[Path]:
+    """The files of a local Zarr store (its objects), without the cache's own marker."""
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".bench"))
+
+
 def stored_bytes(path: Path) -> int:
     """Bytes of a local store on disk (what a scan reads)."""
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in store_files(path))
+
+
+def fetch_all(store: Store, keys: list[str], concurrency: int = 16) -> int:
+    """GET every key of ``store``, ``concurrency`` at a time; return the bytes fetched."""
+
+    async def fetch_every() -> int:
+        limit = asyncio.Semaphore(concurrency)
+
+        async def fetch(key: str) -> int:
+            async with limit:
+                buffer = await store.get(key, default_buffer_prototype())
+                assert buffer is not None, key
+                return len(buffer)
+
+        return sum(await asyncio.gather(*(fetch(k) for k in keys)))
+
+    return int(sync(fetch_every()))
+
+
+@contextmanager
+def scratch() -> Iterator[Path]:
+    """A fresh home for one benchmark run under ``.bench/``, removed afterwards."""
+    CACHE.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="insitu-bench-", dir=CACHE) as home:
+        yield Path(home)
 
 
 # -- timing and recording -----------------------------------------------------------------------
@@ -244,6 +279,13 @@ def machine() -> dict[str, Any]:
         "seaweedfs": weed.stdout.strip(),
         "packages": {name: version(name) for name in packages},
     }
+
+
+def publish(key: str, result: dict[str, Any], record_it: bool) -> None:
+    """Print a benchmark's result as JSON and, if asked, record it."""
+    print(json.dumps(result, indent=2))
+    if record_it:
+        record(key, result)
 
 
 def record(key: str, result: dict[str, Any], path: Path = RESULTS_JSON) -> None:

@@ -89,6 +89,12 @@ def is_granted(session: Session, dataset: Dataset, user: User) -> bool:
     )
 
 
+def granted_dataset_ids(session: Session, user: User) -> set[int]:
+    """Ids of the datasets granted to ``user``."""
+    rows = session.scalars(select(DatasetGrant.dataset_id).where(DatasetGrant.user_id == user.id))
+    return set(rows.all())
+
+
 def add_audit(
     session: Session,
     user: User | None,

@@ -55,14 +55,17 @@ def require_role(user: User, roles: tuple[Role, ...], doing: str) -> None:
         raise PermissionDenied(f"only {allowed} may {doing}; you are {user.name!r} ({user.role})")
 
 
-def can_read(session: Session, user: User, dataset: Dataset) -> bool:
-    """Whether ``user`` may run jobs on ``dataset`` and see its description."""
+def allowed_by_rule(user: User, dataset: Dataset) -> bool:
+    """Whether the dataset's owner, access rule or the user's role lets ``user`` read it."""
     if is_admin(user) or dataset.owner_id == user.id or dataset.access == PUBLIC:
         return True
     group = dataset.access.removeprefix(GROUP_PREFIX)
-    if dataset.access.startswith(GROUP_PREFIX) and group in user.groups:
-        return True
-    return queries.is_granted(session, dataset, user)
+    return dataset.access.startswith(GROUP_PREFIX) and group in user.groups
+
+
+def can_read(session: Session, user: User, dataset: Dataset) -> bool:
+    """Whether ``user`` may run jobs on ``dataset`` and see its description."""
+    return allowed_by_rule(user, dataset) or queries.is_granted(session, dataset, user)
 
 
 def require_read(session: Session, user: User, dataset: Dataset) -> None:

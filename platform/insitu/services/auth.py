@@ -21,7 +21,7 @@ TOKEN_PREFIX = "insitu_"
 
 
 class Role(str, Enum):
-    """What a user may do; permissions per role arrive with access rules."""
+    """What a user may do; :mod:`insitu.services.access` says what each role allows."""
 
     ADMIN = "admin"
     INSTRUCTOR = "instructor"

@@ -59,8 +59,13 @@ def register(
 
 
 def readable(session: Session, user: User) -> list[Dataset]:
-    """The catalog as ``user`` may see it."""
-    return [d for d in queries.list_datasets(session) if access.can_read(session, user, d)]
+    """The catalog as ``user`` may see it (one query for their grants, not one per dataset)."""
+    granted = queries.granted_dataset_ids(session, user)
+    return [
+        d
+        for d in queries.list_datasets(session)
+        if d.id in granted or access.allowed_by_rule(user, d)
+    ]
 
 
 def visible(session: Session, user: User, name: str) -> Dataset:
