@@ -188,3 +188,7 @@ def report(result: dict[str, Any]) -> str:
             f"After / before, submit to result: **{f['after_over_before']}x**.",
         ]
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
