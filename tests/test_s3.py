@@ -29,52 +29,14 @@ from insitu.catalog import inspect_store
 from insitu.client import Client
 from insitu.config import Settings
 from insitu.errors import StoreUnreachable
-from insitu.seaweedfs import DATA_BUCKET, RESULTS_BUCKET, SeaweedFS, embedded, weed_binary
+from insitu.seaweedfs import DATA_BUCKET, RESULTS_BUCKET, weed_binary
 from insitu.server import BackgroundServer
 
 pytestmark = [pytest.mark.s3, pytest.mark.timeout(120)]
 
 
-@pytest.fixture(scope="module")
-def s3_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SeaweedFS, Settings]]:
-    """One SeaweedFS for the module, with the embedded server's buckets and keys."""
-    require_seaweedfs()
-    home = tmp_path_factory.mktemp("s3home")
-    server, configured = embedded(Settings(home=home, server={"port": 0}))  # type: ignore[arg-type]
-    yield server, configured
-    server.stop()
-
-
-@pytest.fixture
-def s3_settings(s3_home: tuple[SeaweedFS, Settings], settings: Settings) -> Settings:
-    """The test's own home and database, with storage on the shared SeaweedFS."""
-    _, configured = s3_home
-    return settings.model_copy(
-        update={"storage": configured.storage, "workspace_url": configured.workspace_url}
-    )
-
-
 def admin_s3(settings: Settings) -> Any:
     return objectstore.boto_client(settings)
-
-
-@pytest.fixture
-def s3_movie(s3_settings: Settings, movie: tuple[Path, np.ndarray]) -> tuple[str, np.ndarray]:
-    """The test movie copied into the data bucket under a unique prefix."""
-    url = f"s3://{DATA_BUCKET}/{uuid.uuid4().hex[:8]}/movie.zarr"
-    source = zarr.open_array(movie[0], mode="r")
-    store = FsspecStore.from_url(
-        url, storage_options=objectstore.platform_options(s3_settings, url), read_only=False
-    )
-    target = zarr.create_array(
-        store,
-        shape=source.shape,
-        chunks=source.chunks,
-        dtype=source.dtype,
-        dimension_names=["t", "y", "x"],
-    )
-    target[:] = movie[1]
-    return url, movie[1]
 
 
 @pytest.fixture

@@ -106,6 +106,40 @@ class LocalBackendSettings(BaseModel):
     )
 
 
+class DockerBackendSettings(BaseModel):
+    """The docker backend: each job's scheduler, workers and runner as containers."""
+
+    base_url: str | None = Field(
+        None,
+        description="Docker engine to use, e.g. unix:///var/run/docker.sock; default: "
+        "DOCKER_HOST or the local engine.",
+    )
+    default_image: str | None = Field(
+        None, description="Image for jobs whose spec names none (analysis.image)."
+    )
+    user: str = Field(
+        "auto",
+        description="uid:gid the containers run as. 'auto': the server's own uid:gid, or "
+        "10001:10001 when the server runs as root. Never root.",
+    )
+    pull: bool = Field(
+        False, description="Pull an image the engine does not have (needs a registry)."
+    )
+    runner_memory: ByteSize = Field(
+        parse_size("2GiB"), description="Memory of the container that runs the analysis."
+    )
+    scheduler_memory: ByteSize = Field(
+        parse_size("1GiB"), description="Memory of the job's Dask scheduler container."
+    )
+    tmp_size: ByteSize = Field(
+        parse_size("1GiB"), description="Size of each container's /tmp (the root is read-only)."
+    )
+    pids_limit: int = Field(1024, ge=64, description="Most processes and threads per container.")
+    worker_start_timeout: Seconds = Field(
+        120.0, description="How long a job waits for its Dask workers to join."
+    )
+
+
 class Settings(BaseSettings):
     """insitu's settings. Read once per process with :func:`get_settings`."""
 
@@ -122,7 +156,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the job database; default is SQLite under home. "
         "Use postgresql+psycopg://... in production.",
     )
-    backend: Literal["local"] = Field("local", description="Execution backend for jobs.")
+    backend: Literal["local", "docker"] = Field(
+        "local",
+        description="Execution backend: 'local' (processes on this machine) or 'docker' "
+        "(each job in containers from its image).",
+    )
     workspace_url: str | None = Field(
         None,
         description="Where job inputs, logs and results live (a file:// or s3:// prefix); "
@@ -134,6 +172,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
     local: LocalBackendSettings = Field(default_factory=LocalBackendSettings)
+    docker: DockerBackendSettings = Field(default_factory=DockerBackendSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
 
     @field_validator("home")

@@ -163,6 +163,7 @@ class Dispatcher:
                 timeout_s=job.timeout_s,
                 image=job.spec.get("analysis", {}).get("image"),
                 env=await asyncio.to_thread(self._environment, job),
+                dataset_url=await asyncio.to_thread(self._dataset_url, job.id),
             )
             handle = await self.backend.start(request)
         except Exception as exc:

@@ -14,4 +14,8 @@ def make_backend(settings: Settings) -> Backend:
         from insitu.backends.local import LocalBackend
 
         return LocalBackend(settings)
+    if settings.backend == "docker":
+        from insitu.backends.docker_backend import DockerBackend
+
+        return DockerBackend(settings)
     raise ValueError(f"unknown backend {settings.backend!r}")  # pragma: no cover

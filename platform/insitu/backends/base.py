@@ -50,6 +50,7 @@ class LaunchRequest:
     timeout_s: float
     image: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    dataset_url: str | None = None
 
 
 class BackendPhase(str, Enum):
@@ -92,6 +93,9 @@ class Backend(ABC):
     @abstractmethod
     async def cleanup(self, handle: JobHandle) -> None:
         """Remove what the job left behind (containers, pods); keep its workspace."""
+
+    def check_image(self, image: str | None) -> None:  # noqa: B027 (optional hook)
+        """Refuse, with a message, an image this backend cannot run jobs in (blocking)."""
 
     async def cleanup_orphans(self, live_job_ids: set[str]) -> list[str]:
         """Remove infrastructure of jobs not in ``live_job_ids``; return their ids."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from insitu.cli import datasets, demo, jobs, server, users
+from insitu.cli import datasets, demo, images, jobs, server, users
 from insitu.cli.app import InsituGroup
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.command(rich_help_panel="Server")(server.server)
 app.command(rich_help_panel="Server")(demo.demo)
 app.command(rich_help_panel="Server")(server.version)
 app.add_typer(datasets.app, name="datasets", rich_help_panel="Data")
+app.add_typer(images.app, name="image", rich_help_panel="Data")
 app.command(rich_help_panel="Jobs")(jobs.submit)
 app.command(rich_help_panel="Jobs")(jobs.status)
 app.command("list", rich_help_panel="Jobs")(jobs.list_jobs)

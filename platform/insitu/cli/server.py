@@ -35,6 +35,13 @@ class StoreChoice(str, Enum):
     SEAWEEDFS = "seaweedfs"
 
 
+class BackendChoice(str, Enum):
+    """Execution backends ``insitu server`` can run jobs on."""
+
+    LOCAL = "local"
+    DOCKER = "docker"
+
+
 def server(
     host: Annotated[
         str | None, typer.Option("--host", help="Interface to bind (default 127.0.0.1).")
@@ -55,13 +62,27 @@ def server(
             "start a local S3 server under INSITU_HOME for datasets and results.",
         ),
     ] = StoreChoice.SETTINGS,
+    backend: Annotated[
+        BackendChoice | None,
+        typer.Option(
+            "--backend",
+            help="Where jobs run: 'local' processes or 'docker' containers (default: "
+            "INSITU_BACKEND, else local).",
+        ),
+    ] = None,
 ) -> None:
     """Run the insitu server (the API and, by default, the dispatcher that runs jobs)."""
     from insitu.server import serve
 
     settings = Settings()
+    if backend is not None:
+        settings.backend = backend.value
     updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     settings.server = settings.server.model_copy(update=updates)
+    if settings.backend == "docker":
+        from insitu.images import docker_client
+
+        docker_client(settings.docker.base_url).close()  # a clear error now, not at a job
     if settings.server.port:
         _check_port_free(settings.server.host, settings.server.port)
     err = output.stderr()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from typing import Any
 
 from zarr.abc.store import ByteRequest, Store
@@ -15,6 +16,9 @@ from zarr.storage import WrapperStore
 
 _lock = threading.Lock()
 _counts = {"bytes": 0, "chunks": 0}
+# Pids repeat across containers (every worker may be pid 1): a process is its pid plus a
+# token drawn when this module was imported.
+_TOKEN = uuid.uuid4().hex
 
 
 def add(nbytes: int = 0, chunks: int = 0) -> None:
@@ -31,14 +35,14 @@ def reset() -> None:
 
 
 def snapshot() -> dict[str, int]:
-    """This process' counters, tagged with its pid so threads are not counted twice."""
+    """This process' counters, tagged with who it is so that threads are not counted twice."""
     with _lock:
-        return {**_counts, "pid": os.getpid()}
+        return {**_counts, "pid": os.getpid(), "process": _TOKEN}
 
 
 def total(snapshots: Any) -> dict[str, int]:
     """Sum snapshots from several workers, once per process."""
-    per_process = {s["pid"]: s for s in snapshots}
+    per_process = {(s["pid"], s.get("process")): s for s in snapshots}
     return {
         "bytes": sum(s["bytes"] for s in per_process.values()),
         "chunks": sum(s["chunks"] for s in per_process.values()),

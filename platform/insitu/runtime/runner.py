@@ -25,7 +25,7 @@ import dask
 import numpy as np
 
 from insitu import __version__
-from insitu.errors import AnalysisFailed, InsituError, ResultTooLarge
+from insitu.errors import AnalysisFailed, BackendError, InsituError, ResultTooLarge
 from insitu.runtime import bundle, metering
 from insitu.runtime.context import RunContext
 from insitu.runtime.reader import open_selection
@@ -130,12 +130,45 @@ class ProgressReporter:
         self.close()
 
 
-def start_cluster(job: JobInput, stack: ExitStack, scheduler: str | None) -> Any:
+def _ship_code(client: Any, code: bytes) -> None:
+    """Give the cluster's workers (containers of their own) the uploaded code bundle."""
+    from insitu.runtime.plugins import CodeBundlePlugin
+
+    client.register_plugin(CodeBundlePlugin(code))
+
+
+def _wait_for_workers(client: Any, workers: int, timeout: float) -> None:
+    try:
+        client.wait_for_workers(workers, timeout=timeout)
+    except TimeoutError:
+        joined = len(client.scheduler_info().get("workers", {}))
+        raise BackendError(
+            f"only {joined} of {workers} Dask worker(s) started within {timeout:.0f} s; "
+            "see the job's logs for why the others did not"
+        ) from None
+
+
+def start_cluster(
+    job: JobInput,
+    stack: ExitStack,
+    scheduler: str | None,
+    *,
+    code: bytes | None = None,
+    wait_workers: int = 0,
+    wait_timeout: float = 120.0,
+) -> Any:
     """A Dask client on the job's cluster: a given scheduler, or a LocalCluster."""
     from distributed import Client, LocalCluster
 
     if scheduler:
-        return stack.enter_context(Client(scheduler, set_as_default=True))
+        client = stack.enter_context(
+            Client(scheduler, set_as_default=True, timeout=f"{wait_timeout}s")
+        )
+        if code is not None:
+            _ship_code(client, code)
+        if wait_workers:
+            _wait_for_workers(client, wait_workers, wait_timeout)
+        return client
     resources = job.spec.get("resources", {})
     cluster = stack.enter_context(
         LocalCluster(
@@ -175,6 +208,8 @@ def _provenance(job: JobInput, encoded: list[Encoded], outcome: Outcome) -> dict
         "spec": job.spec,
         "spec_sha256": job.spec_digest,
         "image": job.image,
+        "image_id": os.environ.get("INSITU_IMAGE_ID"),
+        "image_digest": os.environ.get("INSITU_IMAGE_DIGEST"),
         "environment": {
             "python": platform.python_version(),
             "dask": dask.__version__,
@@ -199,7 +234,14 @@ def _provenance(job: JobInput, encoded: list[Encoded], outcome: Outcome) -> dict
     }
 
 
-def run_job(workspace: Workspace, job: JobInput, scheduler: str | None = None) -> Outcome:
+def run_job(
+    workspace: Workspace,
+    job: JobInput,
+    scheduler: str | None = None,
+    *,
+    wait_workers: int = 0,
+    wait_timeout: float = 120.0,
+) -> Outcome:
     """Run the job described by ``job``; always returns an outcome, never raises."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -221,7 +263,14 @@ def run_job(workspace: Workspace, job: JobInput, scheduler: str | None = None) -
                     p for p in (str(code_dir), os.environ.get("PYTHONPATH")) if p
                 )
             function = import_entrypoint(job.spec["analysis"]["entrypoint"])
-            client = start_cluster(job, stack, scheduler)
+            client = start_cluster(
+                job,
+                stack,
+                scheduler,
+                code=code,
+                wait_workers=wait_workers,
+                wait_timeout=wait_timeout,
+            )
             client.run(metering.reset)
             timings["cluster_start_s"] = time.perf_counter() - started
             cluster_up = time.perf_counter()
@@ -338,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m insitu.runtime", description=__doc__)
     parser.add_argument("workspace", help="URL of the job's workspace (file:// or s3://)")
     parser.add_argument("--scheduler", help="address of an existing Dask scheduler")
+    parser.add_argument(
+        "--wait-workers", type=int, default=0, help="wait for this many workers to join"
+    )
+    parser.add_argument(
+        "--wait-timeout", type=float, default=120.0, help="seconds to wait for the workers"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -352,7 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     if job is None:
         print(f"no readable {JOB_FILE} in {args.workspace}", file=sys.stderr)
         return 2
-    outcome = run_job(workspace, job, args.scheduler)
+    outcome = run_job(
+        workspace,
+        job,
+        args.scheduler,
+        wait_workers=args.wait_workers,
+        wait_timeout=args.wait_timeout,
+    )
     log.info(
         "job %s %s: scanned %s, returned %s",
         job.job_id,

@@ -10,6 +10,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from insitu import __version__, objectstore
+from insitu.backends.base import Backend
 from insitu.catalog import resolve_selection
 from insitu.config import Settings
 from insitu.db import queries
@@ -64,8 +65,9 @@ def submit(
     owner: User,
     raw_spec: dict[str, Any] | str,
     code_bundle: str | None = None,
+    backend: Backend | None = None,
 ) -> Job:
-    """Validate a spec against the catalog and queue it (commits)."""
+    """Validate a spec against the catalog (and its image against the backend); queue it."""
     spec = load_spec(raw_spec)
     check_resources(spec, settings)
     dataset = queries.dataset_by_name(session, spec.dataset)
@@ -74,6 +76,8 @@ def submit(
     array = info.array(spec.array, dataset=f"dataset {dataset.name!r}")
     ranges = resolve_selection(array, spec.select, dataset=f"dataset {dataset.name!r}")
     bundle_bytes = BundleStore(settings).get(code_bundle) if code_bundle else None
+    if backend is not None:
+        backend.check_image(spec.analysis.image)
 
     job_id = new_job_id()
     workspace_url = f"{settings.resolved_workspace_url}/{job_id}"

@@ -41,7 +41,9 @@ def submit_job(
     body: JobCreate, request: Request, session: SessionDep, settings: SettingsDep, user: CurrentUser
 ) -> JobPublic:
     """Validate a job spec against the catalog and queue it."""
-    job = jobs.submit(session, settings, user, body.spec, body.code_bundle)
+    job = jobs.submit(
+        session, settings, user, body.spec, body.code_bundle, backend=request.app.state.backend
+    )
     _wake_dispatcher(request)
     return JobPublic.of(job)
 

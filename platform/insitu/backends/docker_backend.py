@@ -1,0 +1,462 @@
+"""The docker backend: each job's Dask scheduler, workers and runner as containers of its image.
+
+The containers and their isolation are laid out in :mod:`insitu.backends.docker_specs`.
+This module starts them, watches them, gathers their logs into the job's log, stops
+them, and removes them (and the job's store relay) when the job ends or, for jobs that
+ended while the server was down, when the server starts again. Containers carry labels
+naming their job, their role and the server that started them, so that servers sharing
+one Docker engine never touch each other's jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
+
+from insitu.backends.base import (
+    LABEL_COMPONENT,
+    LABEL_JOB,
+    Backend,
+    BackendPhase,
+    BackendStatus,
+    JobHandle,
+    LaunchRequest,
+)
+from insitu.backends.docker_specs import LABEL_SERVER, LABEL_WORKER, plan, store_route
+from insitu.config import Settings
+from insitu.errors import BackendError, InsituError, InvalidInput
+from insitu.images import ImageInfo, docker_client, inspect_image
+from insitu.units import format_size
+
+RELAY_START_TIMEOUT = 10.0
+ROOT_FALLBACK_USER = "10001:10001"
+_ORDER = {"gateway": 0, "scheduler": 1, "worker": 2, "runner": 3}
+
+
+def _timestamp_key(stamp: str) -> tuple[str, str]:
+    """Sortable form of a Docker RFC 3339 timestamp (its fraction has no trailing zeros)."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return whole, fraction.ljust(9, "0")
+
+
+def _exit_detail(name: str, state: dict[str, Any], memory: int | None) -> str:
+    code = state.get("ExitCode")
+    if state.get("OOMKilled"):
+        limit = f" (limit {format_size(memory)})" if memory else ""
+        return f"{name} ran out of memory{limit}"
+    if code == 137:
+        return f"{name} was killed"
+    return f"{name} exited with code {code}"
+
+
+class DockerBackend(Backend):
+    """Runs each job as a gateway, a scheduler, N workers and a runner container."""
+
+    name = "docker"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.config = settings.docker
+        self.server_id = hashlib.sha256(str(settings.home).encode()).hexdigest()[:12]
+        self.log_dir = settings.home / "logs"
+        # Unix socket paths are short (108 bytes): keep the relays' sockets under /tmp.
+        self.socket_root = Path(tempfile.gettempdir()) / f"insitu-{self.server_id}"
+        self._client: Any = None
+        self._images: dict[str, ImageInfo] = {}
+        self._log_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    # -- the engine, the user, the images ---------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = docker_client(self.config.base_url)
+            return self._client
+
+    @property
+    def user(self) -> str:
+        """The uid:gid containers run as: never root."""
+        if self.config.user != "auto":
+            if self.config.user.split(":")[0] in ("0", "root"):
+                raise BackendError("docker.user must not be root; set a non-root uid:gid")
+            return self.config.user
+        uid, gid = os.getuid(), os.getgid()
+        return ROOT_FALLBACK_USER if uid == 0 else f"{uid}:{gid}"
+
+    def _image_name(self, image: str | None) -> str:
+        name = image or self.config.default_image
+        if not name:
+            raise InvalidInput(
+                "the docker backend runs each job in a container image: set analysis.image in "
+                "the job spec (build one with 'insitu image build DIR --tag NAME')"
+            )
+        return name
+
+    def image_info(self, image: str | None) -> ImageInfo:
+        """Check an image once per content digest, and remember what it has."""
+        name = self._image_name(image)
+        try:
+            current = self.client.images.get(name).id
+        except Exception:
+            current = None
+        cached = self._images.get(name)
+        if cached is not None and cached.id == current:
+            return cached
+        info = inspect_image(self.client, name, user=self.user, pull=self.config.pull)
+        self._images[name] = info
+        return info
+
+    def check_image(self, image: str | None) -> None:
+        self.image_info(image)
+
+    # -- starting -----------------------------------------------------------------------------
+
+    def _socket_dir(self, job_id: str) -> Path:
+        return self.socket_root / job_id
+
+    def _job_containers(self, job_id: str) -> list[dict[str, Any]]:
+        return list(
+            self.client.api.containers(
+                all=True,
+                filters={"label": [f"{LABEL_JOB}={job_id}", f"{LABEL_SERVER}={self.server_id}"]},
+            )
+        )
+
+    def _start_relay(self, job_id: str, host: str, port: int) -> dict[str, Any]:
+        directory = self._socket_dir(job_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.socket_root, 0o755)
+        os.chmod(directory, 0o755)
+        socket_path = directory / "store.sock"
+        with open(directory / "relay.log", "ab") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "insitu.relay",
+                    "--listen",
+                    f"unix:{socket_path}",
+                    "--connect",
+                    f"tcp:{host}:{port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join(sys.path)},
+            )
+        deadline = time.monotonic() + RELAY_START_TIMEOUT
+        while not socket_path.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise BackendError(
+                    f"the store relay for job {job_id} did not start; see {directory}/relay.log"
+                )
+            time.sleep(0.02)
+        return {
+            "relay_pid": process.pid,
+            "relay_create_time": psutil.Process(process.pid).create_time(),
+        }
+
+    def _prepare_workspace(self, url: str) -> None:
+        """A local workspace must be writable by the containers' non-root user."""
+        if urlsplit(url).scheme not in ("", "file"):
+            return
+        path = Path(urlsplit(url).path)
+        path.mkdir(parents=True, exist_ok=True)
+        uid, gid = (int(p) for p in self.user.split(":"))
+        if os.getuid() == 0:
+            for item in [path, *path.rglob("*")]:
+                os.chown(item, uid, gid)
+
+    def _start(self, request: LaunchRequest) -> JobHandle:
+        info = self.image_info(request.image)
+        existing = self._job_containers(request.job_id)
+        if any(c["Labels"].get(LABEL_COMPONENT) == "runner" for c in existing):
+            return self._handle(request, info, {})
+        self._remove_all(request.job_id, existing)
+        buckets = [urlsplit(u).netloc for u in (request.dataset_url, request.workspace_url) if u]
+        route = store_route(
+            [u for u in (request.dataset_url, request.workspace_url) if u],
+            self.settings.storage.endpoint_url,
+            self.settings.storage.region,
+            [b for b in buckets if b],
+        )
+        relay: dict[str, Any] = {}
+        try:
+            if route is not None:
+                relay = self._start_relay(request.job_id, route.host, route.port)
+            self._prepare_workspace(request.workspace_url)
+            containers = plan(
+                request,
+                image=info.id,
+                settings=self.config,
+                user=self.user,
+                server_id=self.server_id,
+                host_cpus=int(self.client.info().get("NCPU") or os.cpu_count() or 1),
+                store=route,
+                socket_dir=self._socket_dir(request.job_id) if route else None,
+                runner_env={
+                    "INSITU_IMAGE": info.name,
+                    "INSITU_IMAGE_ID": info.id,
+                    "INSITU_IMAGE_DIGEST": info.digest,
+                },
+            )
+            for spec in containers.specs:
+                self.client.containers.run(**spec)
+        except Exception as exc:
+            self._remove_all(request.job_id, self._job_containers(request.job_id))
+            self._stop_relay(request.job_id, relay)
+            if isinstance(exc, InsituError):
+                raise
+            text = getattr(exc, "explanation", None) or str(exc)
+            raise BackendError(f"Docker could not start the job's containers: {text}") from None
+        return self._handle(request, info, relay)
+
+    def _handle(self, request: LaunchRequest, info: ImageInfo, relay: dict[str, Any]) -> JobHandle:
+        return JobHandle(
+            "docker",
+            request.job_id,
+            {
+                "server": self.server_id,
+                "image": info.name,
+                "image_id": info.id,
+                "workers": request.resources.workers,
+                "memory_per_worker": request.resources.memory_per_worker,
+                **relay,
+            },
+        )
+
+    async def start(self, request: LaunchRequest) -> JobHandle:
+        return await asyncio.to_thread(self._start, request)
+
+    # -- watching -----------------------------------------------------------------------------
+
+    def _state(self, container_id: str) -> dict[str, Any]:
+        try:
+            return dict(self.client.api.inspect_container(container_id)["State"])
+        except Exception:
+            return {}
+
+    def _status_one(self, handle: JobHandle, containers: list[dict[str, Any]]) -> BackendStatus:
+        if not containers:
+            return BackendStatus(
+                BackendPhase.MISSING, detail="the job's containers are gone from the Docker engine"
+            )
+        by_role: dict[str, list[dict[str, Any]]] = {}
+        for container in containers:
+            by_role.setdefault(container["Labels"].get(LABEL_COMPONENT, "?"), []).append(container)
+        runners = by_role.get("runner") or []
+        if not runners:
+            return BackendStatus(BackendPhase.MISSING, detail="the job's runner container is gone")
+        runner = runners[0]
+        if runner["State"] == "created":
+            return BackendStatus(BackendPhase.PENDING)
+        if runner["State"] in ("exited", "dead"):
+            state = self._state(runner["Id"])
+            detail = None
+            if state.get("OOMKilled"):
+                detail = (
+                    _exit_detail("the runner", state, self.config.runner_memory)
+                    + " (raise docker.runner_memory, or return smaller results)"
+                )
+            return BackendStatus(
+                BackendPhase.EXITED, exit_code=state.get("ExitCode"), detail=detail
+            )
+        workers = by_role.get("worker", [])
+        expected = int(handle.data.get("workers", len(workers)))
+        running = [w for w in workers if w["State"] in ("running", "created", "restarting")]
+        if expected and not running:
+            memory = handle.data.get("memory_per_worker")
+            details = [
+                _exit_detail(
+                    f"worker-{w['Labels'].get(LABEL_WORKER, '?')}", self._state(w["Id"]), memory
+                )
+                for w in workers
+            ] or ["their containers are gone"]
+            return BackendStatus(
+                BackendPhase.EXITED,
+                detail="all of the job's Dask workers stopped: " + "; ".join(details),
+            )
+        return BackendStatus(BackendPhase.RUNNING)
+
+    def _status_all(self, handles: list[JobHandle]) -> dict[str, BackendStatus]:
+        containers = self.client.api.containers(
+            all=True, filters={"label": f"{LABEL_SERVER}={self.server_id}"}
+        )
+        by_job: dict[str, list[dict[str, Any]]] = {}
+        for container in containers:
+            by_job.setdefault(container["Labels"].get(LABEL_JOB, ""), []).append(container)
+        return {h.job_id: self._status_one(h, by_job.get(h.job_id, [])) for h in handles}
+
+    async def status(self, handles: Iterable[JobHandle]) -> dict[str, BackendStatus]:
+        return await asyncio.to_thread(self._status_all, list(handles))
+
+    # -- logs ---------------------------------------------------------------------------------
+
+    def log_path(self, job_id: str) -> Path:
+        """The job's gathered log: every container's lines, prefixed with its role."""
+        return self.log_dir / f"{job_id}.log"
+
+    def _sync_logs(self, job_id: str, containers: list[dict[str, Any]] | None = None) -> None:
+        """Append the containers' new log lines to the job's log, in time order."""
+        with self._lock:
+            lock = self._log_locks.setdefault(job_id, threading.Lock())
+        with lock:
+            containers = self._job_containers(job_id) if containers is None else containers
+            cursor_path = self.log_dir / f"{job_id}.cursor.json"
+            cursor: dict[str, str] = {}
+            if cursor_path.exists():
+                cursor = json.loads(cursor_path.read_text())
+            lines: list[tuple[tuple[str, str], bytes]] = []
+            for container in containers:
+                name = container["Names"][0].lstrip("/")
+                role = name.removeprefix(f"insitu-{job_id}-")
+                last = cursor.get(name)
+                since = int(datetime.fromisoformat(last[:19]).timestamp()) if last else None
+                try:
+                    raw = self.client.api.logs(
+                        container["Id"], stdout=True, stderr=True, timestamps=True, since=since
+                    )
+                except Exception:
+                    continue
+                for line in raw.splitlines(keepends=True):
+                    stamp, _, text = line.partition(b" ")
+                    key = _timestamp_key(stamp.decode(errors="replace"))
+                    if last and key <= _timestamp_key(last):
+                        continue
+                    lines.append((key, f"[{role}] ".encode() + text))
+                    cursor[name] = stamp.decode(errors="replace")
+            if not lines:
+                return
+            lines.sort(key=lambda item: item[0])
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path(job_id), "ab") as out:
+                for _, text in lines:
+                    out.write(text if text.endswith(b"\n") else text + b"\n")
+            cursor_path.write_text(json.dumps(cursor))
+
+    def _read_log(self, job_id: str, offset: int) -> tuple[bytes, int]:
+        with contextlib.suppress(BackendError):
+            self._sync_logs(job_id)
+        path = self.log_path(job_id)
+        if not path.exists():
+            return b"", offset
+        with open(path, "rb") as log:
+            log.seek(offset)
+            data = log.read(4 << 20)
+        return data, offset + len(data)
+
+    async def logs(self, handle: JobHandle, offset: int = 0) -> tuple[bytes, int]:
+        return await asyncio.to_thread(self._read_log, handle.job_id, offset)
+
+    # -- stopping and removing ----------------------------------------------------------------
+
+    def _stop(self, job_id: str, grace: float) -> None:
+        containers = self._job_containers(job_id)
+        runner = [c for c in containers if c["Labels"].get(LABEL_COMPONENT) == "runner"]
+        for container in runner:
+            with contextlib.suppress(Exception):
+                self.client.api.stop(container["Id"], timeout=int(max(grace, 1)))
+
+    def _remove_all(self, job_id: str, containers: list[dict[str, Any]]) -> None:
+        if not containers:
+            return
+
+        def remove(container: dict[str, Any]) -> None:
+            with contextlib.suppress(Exception):
+                self.client.api.remove_container(container["Id"], force=True, v=True)
+
+        ordered = sorted(
+            containers, key=lambda c: -_ORDER.get(c["Labels"].get(LABEL_COMPONENT, ""), 0)
+        )
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(remove, ordered))
+
+    def _stop_relay(self, job_id: str, data: dict[str, Any]) -> None:
+        pid = data.get("relay_pid")
+        if pid:
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(int(pid))
+                if abs(process.create_time() - float(data.get("relay_create_time", 0))) < 1.0:
+                    process.kill()
+                    process.wait(5)
+        shutil.rmtree(self._socket_dir(job_id), ignore_errors=True)
+
+    def _cleanup(self, handle: JobHandle) -> None:
+        containers = self._job_containers(handle.job_id)
+        with contextlib.suppress(Exception):
+            self._sync_logs(handle.job_id, containers)
+        self._remove_all(handle.job_id, containers)
+        self._stop_relay(handle.job_id, handle.data)
+        (self.log_dir / f"{handle.job_id}.cursor.json").unlink(missing_ok=True)
+        with self._lock:
+            self._log_locks.pop(handle.job_id, None)
+
+    async def cancel(self, handle: JobHandle, grace: float = 5.0) -> None:
+        await asyncio.to_thread(self._stop, handle.job_id, grace)
+        await self.cleanup(handle)
+
+    async def cleanup(self, handle: JobHandle) -> None:
+        await asyncio.to_thread(self._cleanup, handle)
+
+    def _orphans(self, live_job_ids: set[str]) -> list[str]:
+        containers = self.client.api.containers(
+            all=True, filters={"label": f"{LABEL_SERVER}={self.server_id}"}
+        )
+        by_job: dict[str, list[dict[str, Any]]] = {}
+        for container in containers:
+            by_job.setdefault(container["Labels"].get(LABEL_JOB, ""), []).append(container)
+        removed = []
+        for job_id, group in by_job.items():
+            if job_id not in live_job_ids:
+                with contextlib.suppress(Exception):
+                    self._sync_logs(job_id, group)
+                self._remove_all(job_id, group)
+                removed.append(job_id)
+        # Relays of jobs that are over, and their socket folders.
+        for process in psutil.process_iter(["pid", "cmdline"]):
+            cmdline = process.info.get("cmdline") or []
+            if "insitu.relay" not in cmdline:
+                continue
+            listen = next((a for a in cmdline if a.startswith(f"unix:{self.socket_root}/")), "")
+            job_id = Path(listen.removeprefix("unix:")).parent.name if listen else ""
+            if job_id and job_id not in live_job_ids:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+                if job_id not in removed:
+                    removed.append(job_id)
+        if self.socket_root.exists():
+            for directory in self.socket_root.iterdir():
+                if directory.name not in live_job_ids:
+                    shutil.rmtree(directory, ignore_errors=True)
+        return removed
+
+    async def cleanup_orphans(self, live_job_ids: set[str]) -> list[str]:
+        return await asyncio.to_thread(self._orphans, live_job_ids)
+
+    async def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()

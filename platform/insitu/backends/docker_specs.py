@@ -1,0 +1,249 @@
+"""The containers of one docker job, as Docker SDK arguments: pure functions, no engine.
+
+Every job gets a network namespace of its own with only a loopback interface, held by
+its *gateway* container (``network_mode="none"``); the scheduler, the workers and the
+runner join it (``network_mode="container:<gateway>"``), so they reach each other on
+127.0.0.1 and nothing else. When the job reads or writes object storage, the gateway
+runs :mod:`insitu.relay` on the store's port, forwarding to a unix socket that the
+server relays to the real store: the store is the only address a job can reach.
+Every container runs as a non-root user with a read-only root filesystem, every
+capability dropped, no privilege escalation, and limits on memory, CPU and processes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from insitu.backends.base import LABEL_COMPONENT, LABEL_JOB, LaunchRequest
+from insitu.config import DockerBackendSettings
+
+LABEL_SERVER = "insitu.io/server"
+LABEL_WORKER = "insitu.io/worker"
+SCHEDULER_PORT = 8786
+SOCKET_DIR = "/run/insitu"  # where the gateway sees the store socket
+COMPONENTS = ("gateway", "scheduler", "worker", "runner")
+
+
+@dataclass(frozen=True)
+class StoreRoute:
+    """How a job's containers reach the object store: one host and port, through a relay."""
+
+    host: str
+    port: int
+    aliases: tuple[str, ...] = ()  # host names that must resolve to the job's loopback
+
+
+def store_route(
+    urls: list[str], endpoint_url: str | None, region: str, buckets: list[str]
+) -> StoreRoute | None:
+    """The store a job needs, or None when its dataset and workspace are local files."""
+    if not any(u.startswith("s3://") for u in urls):
+        return None
+    endpoint = urlsplit(endpoint_url or f"https://s3.{region}.amazonaws.com")
+    host = endpoint.hostname or "127.0.0.1"
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        ipaddress.ip_address(host)
+        aliases: tuple[str, ...] = ()
+    except ValueError:
+        # Virtual-hosted-style requests name the bucket in the host, too.
+        aliases = (host, *(f"{b}.{host}" for b in buckets))
+    return StoreRoute(host=host, port=port, aliases=aliases)
+
+
+def local_path(url: str | None) -> Path | None:
+    """The directory behind a ``file://`` URL (or a plain path), else None."""
+    if not url or ("://" in url and not url.startswith("file://")):
+        return None
+    return Path(urlsplit(url).path if url.startswith("file://") else url)
+
+
+@dataclass
+class JobContainers:
+    """Names and SDK arguments of a job's containers, in the order they start."""
+
+    job_id: str
+    specs: list[dict[str, Any]] = field(default_factory=list)
+
+    def name(self, component: str) -> str:
+        return f"insitu-{self.job_id}-{component}"
+
+
+@dataclass(frozen=True)
+class _Common:
+    """What every container of a job shares."""
+
+    job: JobContainers
+    image: str
+    settings: DockerBackendSettings
+    user: str
+    server_id: str
+
+
+def _container(
+    common: _Common,
+    component: str,
+    command: list[str],
+    *,
+    memory: int,
+    cpus: float,
+    network_mode: str,
+    env: dict[str, str],
+    name: str | None = None,
+) -> dict[str, Any]:
+    job, settings = common.job, common.settings
+    return {
+        "name": name or job.name(component),
+        "image": common.image,
+        "entrypoint": command,
+        "command": [],
+        "user": common.user,
+        "working_dir": "/tmp",
+        "environment": {
+            "HOME": "/tmp",
+            "TMPDIR": "/tmp",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "INSITU_JOB_ID": job.job_id,
+            **env,
+        },
+        "labels": {
+            LABEL_JOB: job.job_id,
+            LABEL_COMPONENT: component,
+            LABEL_SERVER: common.server_id,
+        },
+        "network_mode": network_mode,
+        "read_only": True,
+        "tmpfs": {"/tmp": f"size={settings.tmp_size},mode=1777"},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "mem_limit": memory,
+        "memswap_limit": memory,
+        "nano_cpus": max(int(cpus * 1e9), 10_000_000),
+        "pids_limit": settings.pids_limit,
+        "log_config": {"type": "json-file", "config": {"max-size": "20m", "max-file": "2"}},
+        "detach": True,
+    }
+
+
+def _gateway_command(store: StoreRoute | None) -> list[str]:
+    if store is None:  # nothing to relay: just hold the network namespace
+        return ["python", "-c", "import time\nwhile True: time.sleep(3600)"]
+    return [
+        "python", "-m", "insitu.relay",
+        "--listen", f"tcp:127.0.0.1:{store.port}",
+        "--connect", f"unix:{SOCKET_DIR}/store.sock",
+    ]  # fmt: skip
+
+
+def _worker_command(index: int, threads: int, memory: int) -> list[str]:
+    return [
+        "python", "-m", "distributed.cli.dask_worker", f"tcp://127.0.0.1:{SCHEDULER_PORT}",
+        "--name", f"worker-{index}", "--host", "127.0.0.1",
+        "--nthreads", str(threads), "--nworkers", "1", "--no-nanny",
+        "--memory-limit", str(memory), "--local-directory", "/tmp", "--no-dashboard",
+    ]  # fmt: skip
+
+
+def plan(
+    request: LaunchRequest,
+    *,
+    image: str,
+    settings: DockerBackendSettings,
+    user: str,
+    server_id: str,
+    host_cpus: int,
+    store: StoreRoute | None,
+    socket_dir: Path | None,
+    runner_env: dict[str, str],
+) -> JobContainers:
+    """The containers of one job: gateway, scheduler, workers, runner."""
+    job = JobContainers(request.job_id)
+    common = _Common(job, image, settings, user, server_id)
+    res = request.resources
+    joined = f"container:{job.name('gateway')}"
+    job_env = {**request.env, "DASK_TEMPORARY_DIRECTORY": "/tmp"}
+
+    # Gateway: owns the job's network namespace; relays the store's port to the socket.
+    gateway = _container(
+        common,
+        "gateway",
+        _gateway_command(store),
+        memory=256 << 20,
+        cpus=1.0,
+        network_mode="none",
+        env={},
+    )
+    if store is not None:
+        gateway["extra_hosts"] = {alias: "127.0.0.1" for alias in store.aliases}
+        if store.port < 1024:
+            gateway["sysctls"] = {"net.ipv4.ip_unprivileged_port_start": "0"}
+        if socket_dir is not None:
+            gateway["volumes"] = {str(socket_dir): {"bind": SOCKET_DIR, "mode": "ro"}}
+    job.specs.append(gateway)
+
+    scheduler_cmd = [
+        "python", "-m", "distributed.cli.dask_scheduler",
+        "--host", "127.0.0.1", "--port", str(SCHEDULER_PORT), "--no-dashboard",
+    ]  # fmt: skip
+    job.specs.append(
+        _container(
+            common,
+            "scheduler",
+            scheduler_cmd,
+            memory=settings.scheduler_memory,
+            cpus=1.0,
+            network_mode=joined,
+            env={},
+        )
+    )
+
+    # Workers and runner read the dataset; the runner also writes the workspace.
+    data_dir = local_path(request.dataset_url)
+    work_dir = local_path(request.workspace_url)
+    read_mounts = {str(data_dir): {"bind": str(data_dir), "mode": "ro"}} if data_dir else {}
+    cpus = min(float(res.threads_per_worker), float(host_cpus))
+    for index in range(res.workers):
+        worker = _container(
+            common,
+            "worker",
+            _worker_command(index, res.threads_per_worker, res.memory_per_worker),
+            memory=res.memory_per_worker,
+            cpus=cpus,
+            network_mode=joined,
+            env=job_env,
+            name=job.name(f"worker-{index}"),
+        )
+        worker["labels"][LABEL_WORKER] = str(index)
+        if read_mounts:
+            worker["volumes"] = dict(read_mounts)
+        if res.gpu:
+            worker["device_requests"] = [{"Count": res.gpu, "Capabilities": [["gpu"]]}]
+        job.specs.append(worker)
+
+    runner_cmd = [
+        "python", "-m", "insitu.runtime", request.workspace_url,
+        "--scheduler", f"tcp://127.0.0.1:{SCHEDULER_PORT}",
+        "--wait-workers", str(res.workers),
+        "--wait-timeout", str(int(settings.worker_start_timeout)),
+    ]  # fmt: skip
+    runner = _container(
+        common,
+        "runner",
+        runner_cmd,
+        memory=settings.runner_memory,
+        cpus=1.0,
+        network_mode=joined,
+        env={**job_env, **runner_env},
+    )
+    mounts = dict(read_mounts)
+    if work_dir is not None:
+        mounts[str(work_dir)] = {"bind": str(work_dir), "mode": "rw"}
+    if mounts:
+        runner["volumes"] = mounts
+    job.specs.append(runner)
+    return job
