@@ -34,7 +34,7 @@ def reset() -> None:
         _counts.update(bytes=0, chunks=0)
 
 
-def snapshot() -> dict[str, int]:
+def snapshot() -> dict[str, Any]:
     """This process' counters, tagged with who it is so that threads are not counted twice."""
     with _lock:
         return {**_counts, "pid": os.getpid(), "process": _TOKEN}
