@@ -31,7 +31,7 @@ lint: $(VENV)/.test-installed
 test: lint
 	$(BIN)/pytest
 
-## bench: every benchmark (about 16 min; root for the network namespaces); writes docs/benchmarks.*
+## bench: every benchmark (about 18 min; root for the network namespaces); writes docs/benchmarks.*
 bench: $(VENV)/.test-installed
 	$(BIN)/python tests/benchmarks/run_all.py
 

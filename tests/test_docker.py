@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 import dockerlab
 from helpers import assert_one_error_line, missing, wait_for
 from insitu import images
+from insitu.backends.docker_backend import DockerBackend
 from insitu.backends.docker_specs import LABEL_SERVER
 from insitu.cli.main import app
 from insitu.client import Client
@@ -187,6 +188,7 @@ def _gone(engine: Any, job_id: str) -> bool:
 
 def test_a_job_runs_in_its_image_with_its_digest_in_the_provenance(
     docker_server: Client,
+    docker_settings: Settings,
     engine: Any,
     ophys_image: images.BuiltImage,
     s3_movie: tuple[str, np.ndarray],
@@ -217,6 +219,9 @@ def test_a_job_runs_in_its_image_with_its_digest_in_the_provenance(
     assert "succeeded" in log
     # Everything the job ran is gone: containers, the store relay and its socket.
     assert wait_for(lambda: _gone(engine, job["id"]), 15)
+    backend = DockerBackend(docker_settings)
+    assert job["id"] not in backend._relays()
+    assert not (backend.socket_root / job["id"]).exists()
 
 
 def test_uploaded_code_reaches_workers_in_their_own_containers(
@@ -453,8 +458,6 @@ def test_a_restarted_server_adopts_its_running_job_and_removes_leftovers(
     server.stop()  # the job's containers run on without their server
     assert len(dockerlab.job_containers(engine, job["id"])) == 4
     # A leftover of this server whose job is no longer live, e.g. from a crash.
-    from insitu.backends.docker_backend import DockerBackend
-
     server_id = DockerBackend(docker_settings).server_id
     stray = engine.containers.run(
         dockerlab.OPHYS_IMAGE,

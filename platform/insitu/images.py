@@ -287,6 +287,7 @@ def build(
     ca_bundle: Path | None = None,
     network: str = "host",
     pin: bool = True,
+    nocache: bool = False,
     on_line: Callable[[str], None] = lambda line: None,
 ) -> BuiltImage:
     """Build the analysis image in ``directory`` as ``tag``; ``on_line`` gets the build log."""
@@ -302,6 +303,7 @@ def build(
         buildargs=args,
         rm=True,
         forcerm=True,
+        nocache=nocache,
         decode=True,
         network_mode=network,
         labels={LABEL_RUNTIME: __version__},

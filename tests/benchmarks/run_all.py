@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_before_after
+import bench_docker
 import bench_proximal
 import bench_readers
 import bench_scan
@@ -36,13 +37,14 @@ BENCHMARKS: list[tuple[str, Any, list[str]]] = [
     ("scan", bench_scan, []),
     ("before_after", bench_before_after, ["--before", BEFORE_FIX]),
     ("data_proximal", bench_proximal, []),
+    ("docker_backend", bench_docker, []),
 ]
 INTRO = """# Benchmarks
 
 What insitu costs and what it saves, measured on this project's 2-core machine. Every
 figure is a ratio of contenders measured in the same run, interleaved, because these
 machines are noisy; the tests never assert on timings. `make bench` reruns everything
-(about 16 minutes on this machine) and rewrites this page,
+(about 18 minutes on this machine) and rewrites this page,
 [`benchmarks.json`](benchmarks.json) (every figure, with the goal it is held against) and
 the plots. The scripts are in
 [`tests/benchmarks/`](../tests/benchmarks/). The sampling profile behind the fix measured

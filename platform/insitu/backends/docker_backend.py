@@ -225,7 +225,7 @@ class DockerBackend(Backend):
                 self.client.containers.run(**spec)
         except Exception as exc:
             self._remove_all(request.job_id, self._job_containers(request.job_id))
-            self._stop_relay(request.job_id, relay)
+            self._stop_relay(request.job_id)
             if isinstance(exc, InsituError):
                 raise
             text = getattr(exc, "explanation", None) or str(exc)
@@ -392,14 +392,24 @@ class DockerBackend(Backend):
         with ThreadPoolExecutor(max_workers=4) as pool:
             list(pool.map(remove, ordered))
 
-    def _stop_relay(self, job_id: str, data: dict[str, Any]) -> None:
-        pid = data.get("relay_pid")
-        if pid:
+    def _relays(self) -> dict[str, list[psutil.Process]]:
+        """This server's store relay processes, by job id (found by their socket path)."""
+        found: dict[str, list[psutil.Process]] = {}
+        prefix = f"unix:{self.socket_root}/"
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = process.info.get("cmdline") or []
+            if "insitu.relay" in cmdline:
+                listen = next((a for a in cmdline if a.startswith(prefix)), None)
+                if listen:
+                    job_id = Path(listen.removeprefix("unix:")).parent.name
+                    found.setdefault(job_id, []).append(process)
+        return found
+
+    def _stop_relay(self, job_id: str) -> None:
+        for process in self._relays().get(job_id, []):
             with contextlib.suppress(psutil.Error):
-                process = psutil.Process(int(pid))
-                if abs(process.create_time() - float(data.get("relay_create_time", 0))) < 1.0:
-                    process.kill()
-                    process.wait(5)
+                process.kill()
+                process.wait(5)
         shutil.rmtree(self._socket_dir(job_id), ignore_errors=True)
 
     def _cleanup(self, handle: JobHandle) -> None:
@@ -407,7 +417,7 @@ class DockerBackend(Backend):
         with contextlib.suppress(Exception):
             self._sync_logs(handle.job_id, containers)
         self._remove_all(handle.job_id, containers)
-        self._stop_relay(handle.job_id, handle.data)
+        self._stop_relay(handle.job_id)
         (self.log_dir / f"{handle.job_id}.cursor.json").unlink(missing_ok=True)
         with self._lock:
             self._log_locks.pop(handle.job_id, None)
@@ -434,15 +444,9 @@ class DockerBackend(Backend):
                 self._remove_all(job_id, group)
                 removed.append(job_id)
         # Relays of jobs that are over, and their socket folders.
-        for process in psutil.process_iter(["pid", "cmdline"]):
-            cmdline = process.info.get("cmdline") or []
-            if "insitu.relay" not in cmdline:
-                continue
-            listen = next((a for a in cmdline if a.startswith(f"unix:{self.socket_root}/")), "")
-            job_id = Path(listen.removeprefix("unix:")).parent.name if listen else ""
-            if job_id and job_id not in live_job_ids:
-                with contextlib.suppress(psutil.Error):
-                    process.kill()
+        for job_id in self._relays():
+            if job_id not in live_job_ids:
+                self._stop_relay(job_id)
                 if job_id not in removed:
                     removed.append(job_id)
         if self.socket_root.exists():
