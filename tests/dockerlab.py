@@ -57,6 +57,8 @@ def debian_base(tag: str = BASE_IMAGE, suite: str = "bookworm") -> str:
 
 def no_python_image(client: Any) -> str:
     """An image with a shell-less, Python-less root filesystem: one text file."""
+    if client.images.list(name=NO_PYTHON_IMAGE):
+        return NO_PYTHON_IMAGE
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         data = b"not an analysis image\n"
@@ -72,3 +74,8 @@ def job_containers(client: Any, job_id: str | None = None) -> list[Any]:
     """Containers of one job (or of every insitu job) on the engine, stopped ones included."""
     label = f"{LABEL_JOB}={job_id}" if job_id else LABEL_JOB
     return list(client.containers.list(all=True, filters={"label": label}))
+
+
+def prune_test_images(client: Any) -> None:
+    """Remove analysis images that rebuilds left untagged (they carry insitu's label)."""
+    client.images.prune(filters={"dangling": True, "label": "insitu.io/runtime-version"})

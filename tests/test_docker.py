@@ -134,6 +134,7 @@ def nothing_left_behind(engine: Any) -> Iterator[None]:
     volumes = {v.name for v in engine.volumes.list()}
     networks = {n.name for n in engine.networks.list()}
     yield
+    dockerlab.prune_test_images(engine)
     assert dockerlab.job_containers(engine) == []
     assert {v.name for v in engine.volumes.list()} <= volumes
     assert {n.name for n in engine.networks.list()} == networks
