@@ -140,6 +140,66 @@ class DockerBackendSettings(BaseModel):
     )
 
 
+class TenantQuota(BaseModel):
+    """What one tenant's namespace may use at once (a ResourceQuota and a LimitRange)."""
+
+    cpu: str = Field("16", description="Most CPU the tenant's pods may request and use.")
+    memory: str = Field("64Gi", description="Most memory the tenant's pods may request and use.")
+    pods: int = Field(64, ge=1, description="Most pods at once.")
+    jobs: int = Field(8, ge=1, description="Most DaskJobs at once.")
+    gpus: int = Field(0, ge=0, description="Most GPUs at once.")
+    container_cpu: str = Field("4", description="Most CPU of one container.")
+    container_memory: str = Field("16Gi", description="Most memory of one container.")
+
+
+class KubernetesBackendSettings(BaseModel):
+    """The kubernetes backend: a DaskJob of the dask-kubernetes operator per job."""
+
+    in_cluster: bool = Field(
+        False, description="Use the pod's service account (inside the cluster), not a kubeconfig."
+    )
+    kubeconfig: str | None = Field(None, description="Path of a kubeconfig (default: KUBECONFIG).")
+    context: str | None = Field(None, description="kubeconfig context to use.")
+    namespace_prefix: str = Field(
+        "insitu-tenant-", description="Tenants' namespaces are this prefix plus the tenant name."
+    )
+    job_service_account: str = Field(
+        "insitu-job", description="Service account of job pods in each tenant namespace."
+    )
+    job_role_arn: str | None = Field(
+        None,
+        description="IAM role (IRSA) of the job service account: it reads only what jobs may.",
+    )
+    default_image: str | None = Field(None, description="Image for specs that name none.")
+    data_zone: str | None = Field(
+        None, description="Availability zone of the data; job pods are pinned to it."
+    )
+    bucket_zones: dict[str, str] = Field(
+        default_factory=dict, description="Zone per bucket, where buckets live in several zones."
+    )
+    zone_label: str = Field("topology.kubernetes.io/zone", description="Node label of zones.")
+    spot_toleration: bool = Field(
+        True, description="Workers tolerate the spot pool's taint (insitu.io/spot=true)."
+    )
+    store_cidrs: list[str] = Field(
+        default_factory=list,
+        description="Address ranges of the object store that job pods may reach (e.g. the "
+        "region's S3 prefix list); empty: any address on the store port.",
+    )
+    store_port: int = Field(443, ge=1, le=65535, description="Port of the object store.")
+    operator_namespace: str = Field(
+        "dask-operator",
+        description="Namespace of the dask-kubernetes operator (it reaches the schedulers).",
+    )
+    pending_timeout: Seconds = Field(
+        parse_duration("10m"),
+        description="A job whose pods cannot be scheduled this long fails, saying why.",
+    )
+    scheduler_memory: str = Field("1Gi", description="Memory of a job's scheduler pod.")
+    runner_memory: str = Field("2Gi", description="Memory of a job's runner pod.")
+    quota: TenantQuota = Field(default_factory=TenantQuota)
+
+
 class Settings(BaseSettings):
     """insitu's settings. Read once per process with :func:`get_settings`."""
 
@@ -156,10 +216,10 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the job database; default is SQLite under home. "
         "Use postgresql+psycopg://... in production.",
     )
-    backend: Literal["local", "docker"] = Field(
+    backend: Literal["local", "docker", "kubernetes"] = Field(
         "local",
-        description="Execution backend: 'local' (processes on this machine) or 'docker' "
-        "(each job in containers from its image).",
+        description="Execution backend: 'local' (processes on this machine), 'docker' "
+        "(each job in containers from its image) or 'kubernetes' (a DaskJob per job).",
     )
     workspace_url: str | None = Field(
         None,
@@ -173,6 +233,7 @@ class Settings(BaseSettings):
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
     local: LocalBackendSettings = Field(default_factory=LocalBackendSettings)
     docker: DockerBackendSettings = Field(default_factory=DockerBackendSettings)
+    kubernetes: KubernetesBackendSettings = Field(default_factory=KubernetesBackendSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
 
     @field_validator("home")

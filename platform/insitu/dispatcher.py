@@ -149,6 +149,11 @@ class Dispatcher:
             env["INSITU_WORKSPACE_OPTIONS"] = json.dumps(options)
         return env
 
+    def _tenant(self, job_id: str) -> str:
+        """Whose namespace and quota a job runs under: its owner's."""
+        with self.db.session() as session:
+            return queries.job_by_id(session, job_id).owner.name
+
     def _dataset_url(self, job_id: str) -> str:
         with self.db.session() as session:
             return queries.job_by_id(session, job_id).dataset.url
@@ -164,6 +169,7 @@ class Dispatcher:
                 image=job.spec.get("analysis", {}).get("image"),
                 env=await asyncio.to_thread(self._environment, job),
                 dataset_url=await asyncio.to_thread(self._dataset_url, job.id),
+                tenant=await asyncio.to_thread(self._tenant, job.id),
             )
             handle = await self.backend.start(request)
         except Exception as exc:

@@ -18,4 +18,8 @@ def make_backend(settings: Settings) -> Backend:
         from insitu.backends.docker_backend import DockerBackend
 
         return DockerBackend(settings)
+    if settings.backend == "kubernetes":
+        from insitu.backends.kubernetes_backend import KubernetesBackend
+
+        return KubernetesBackend(settings)
     raise ValueError(f"unknown backend {settings.backend!r}")  # pragma: no cover

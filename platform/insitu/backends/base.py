@@ -51,6 +51,7 @@ class LaunchRequest:
     image: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     dataset_url: str | None = None
+    tenant: str = "default"  # whose quota and namespace the job runs under
 
 
 class BackendPhase(str, Enum):

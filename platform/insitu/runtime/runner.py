@@ -386,7 +386,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m insitu.runtime", description=__doc__)
     parser.add_argument("workspace", help="URL of the job's workspace (file:// or s3://)")
-    parser.add_argument("--scheduler", help="address of an existing Dask scheduler")
+    parser.add_argument(
+        "--scheduler",
+        default=os.environ.get("DASK_SCHEDULER_ADDRESS") or None,
+        help="address of an existing Dask scheduler (default: DASK_SCHEDULER_ADDRESS, which "
+        "the dask-kubernetes operator sets; else a LocalCluster)",
+    )
     parser.add_argument(
         "--wait-workers", type=int, default=0, help="wait for this many workers to join"
     )

@@ -1,0 +1,380 @@
+"""Kubernetes manifests of the kubernetes backend, as plain dicts: pure functions, no cluster.
+
+One ``DaskJob`` (``kubernetes.dask.org/v1``, the dask-kubernetes operator) per job: its
+runner pod runs ``python -m insitu.runtime`` against the job's ``DaskCluster``, whose
+scheduler and workers come from the job's image with the spec's resources. Every pod is
+pinned to the data's zone, runs as a non-root user with a read-only root filesystem, has
+no Kubernetes API token, and is limited by a per-job ``NetworkPolicy`` to its own Dask
+cluster, DNS and the object store. Tenants get a namespace each, with a
+``ResourceQuota``, a ``LimitRange``, a default-deny policy and the job service account
+whose cloud role (IRSA) reads only what the tenant may read.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from insitu.backends.base import LABEL_COMPONENT, LABEL_JOB, LaunchRequest
+from insitu.config import KubernetesBackendSettings
+
+LABEL_SERVER = "insitu.io/server"
+LABEL_TENANT = "insitu.io/tenant"
+DASK_GROUP, DASK_VERSION, DASKJOB_PLURAL = "kubernetes.dask.org", "v1", "daskjobs"
+SCHEDULER_PORT, DASHBOARD_PORT = 8786, 8787
+RUN_AS = 10001
+SPOT_TAINT = ("insitu.io/spot", "true")
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def dns_label(text: str, limit: int = 63) -> str:
+    """``text`` as a DNS-1123 label: lower case, digits and '-', at most ``limit`` long."""
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    return (label[:limit].rstrip("-")) or "x"
+
+
+def tenant_namespace(settings: KubernetesBackendSettings, tenant: str) -> str:
+    """The namespace of a tenant's jobs."""
+    return dns_label(settings.namespace_prefix + tenant)
+
+
+def job_name(job_id: str) -> str:
+    """The DaskJob's name (also its DaskCluster's, and the prefix of its pods)."""
+    return dns_label(job_id, 40)
+
+
+def _labels(request: LaunchRequest, component: str, server_id: str) -> dict[str, str]:
+    return {
+        LABEL_JOB: request.job_id,
+        LABEL_COMPONENT: component,
+        LABEL_SERVER: server_id,
+        LABEL_TENANT: dns_label(request.tenant),
+        "app.kubernetes.io/managed-by": "insitu",
+    }
+
+
+def data_zone(settings: KubernetesBackendSettings, dataset_url: str | None) -> str | None:
+    """The zone a job's pods go to: its dataset's bucket's, else the default data zone."""
+    bucket = urlsplit(dataset_url or "").netloc
+    return settings.bucket_zones.get(bucket) or settings.data_zone
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _env(values: dict[str, str]) -> list[dict[str, str]]:
+    return [{"name": k, "value": v} for k, v in sorted(values.items())]
+
+
+def _pod_spec(
+    settings: KubernetesBackendSettings,
+    request: LaunchRequest,
+    container: dict[str, Any],
+    *,
+    spot: bool,
+    gpu: int = 0,
+) -> dict[str, Any]:
+    """A pod spec with insitu's placement and lockdown around one container."""
+    container = {
+        "imagePullPolicy": "IfNotPresent",
+        "securityContext": _container_security(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        **container,
+    }
+    spec: dict[str, Any] = {
+        "serviceAccountName": settings.job_service_account,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+    }
+    zone = data_zone(settings, request.dataset_url)
+    if zone:
+        spec["affinity"] = {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {"key": settings.zone_label, "operator": "In", "values": [zone]}
+                            ]
+                        }
+                    ]
+                }
+            }
+        }
+    tolerations = []
+    if spot and settings.spot_toleration:
+        key, value = SPOT_TAINT
+        tolerations.append(
+            {"key": key, "operator": "Equal", "value": value, "effect": "NoSchedule"}
+        )
+    if gpu:
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    if tolerations:
+        spec["tolerations"] = tolerations
+    return spec
+
+
+def _resources(cpu: str | float, memory: str | int, gpu: int = 0) -> dict[str, Any]:
+    requests: dict[str, Any] = {"cpu": str(cpu), "memory": str(memory)}
+    limits: dict[str, Any] = {"cpu": str(cpu), "memory": str(memory)}
+    if gpu:
+        limits[GPU_RESOURCE] = str(gpu)
+        requests[GPU_RESOURCE] = str(gpu)
+    return {"requests": requests, "limits": limits}
+
+
+def _runner_args(workspace_url: str, workers: int) -> list[str]:
+    # The operator gives the runner pod DASK_SCHEDULER_ADDRESS; the runtime reads it.
+    return ["python", "-m", "insitu.runtime", workspace_url, "--wait-workers", str(workers)]
+
+
+def _scheduler_args() -> list[str]:
+    argv = "python -m distributed.cli.dask_scheduler --port {p} --dashboard-address :{d}"
+    return argv.format(p=SCHEDULER_PORT, d=DASHBOARD_PORT).split()
+
+
+def _worker_args(threads: int, memory: int) -> list[str]:
+    # The operator sets DASK_WORKER_NAME and DASK_SCHEDULER_ADDRESS in worker pods.
+    argv = (
+        "python -m distributed.cli.dask_worker --name $(DASK_WORKER_NAME) --nthreads {t} "
+        "--memory-limit {m} --local-directory /tmp --dashboard-address :8788"
+    )
+    return argv.format(t=threads, m=memory).split()
+
+
+def daskjob(
+    request: LaunchRequest,
+    *,
+    image: str,
+    settings: KubernetesBackendSettings,
+    server_id: str,
+    runner_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The job's ``DaskJob``: runner pod, scheduler and workers, from the job's image."""
+    name = job_name(request.job_id)
+    res = request.resources
+    env = {**request.env, "HOME": "/tmp", "PYTHONUNBUFFERED": "1", "INSITU_JOB_ID": request.job_id}
+    runner = _pod_spec(
+        settings,
+        request,
+        {
+            "name": "runner",
+            "image": image,
+            "args": _runner_args(request.workspace_url, res.workers),
+            "env": _env({**env, **(runner_env or {})}),
+            "resources": _resources(1, settings.runner_memory),
+        },
+        spot=False,
+    )
+    runner["restartPolicy"] = "Never"
+    runner["activeDeadlineSeconds"] = max(int(request.timeout_s), 1)
+    scheduler = _pod_spec(
+        settings,
+        request,
+        {
+            "name": "scheduler",
+            "image": image,
+            "args": _scheduler_args(),
+            "env": _env({"HOME": "/tmp"}),
+            "ports": [
+                {"name": "tcp-comm", "containerPort": SCHEDULER_PORT, "protocol": "TCP"},
+                {"name": "http-dashboard", "containerPort": DASHBOARD_PORT, "protocol": "TCP"},
+            ],
+            "resources": _resources(1, settings.scheduler_memory),
+        },
+        spot=False,
+    )
+    worker = _pod_spec(
+        settings,
+        request,
+        {
+            "name": "worker",
+            "image": image,
+            "args": _worker_args(res.threads_per_worker, res.memory_per_worker),
+            "env": _env(env),
+            "resources": _resources(res.threads_per_worker, res.memory_per_worker, res.gpu),
+        },
+        spot=True,
+        gpu=res.gpu,
+    )
+    return {
+        "apiVersion": f"{DASK_GROUP}/{DASK_VERSION}",
+        "kind": "DaskJob",
+        "metadata": {
+            "name": name,
+            "namespace": tenant_namespace(settings, request.tenant),
+            "labels": _labels(request, "daskjob", server_id),
+        },
+        "spec": {
+            "job": {"metadata": {"labels": _labels(request, "runner", server_id)}, "spec": runner},
+            "cluster": {
+                "spec": {
+                    "idleTimeout": 0,
+                    "scheduler": {
+                        "metadata": {"labels": _labels(request, "scheduler", server_id)},
+                        "spec": scheduler,
+                        "service": {
+                            "type": "ClusterIP",
+                            "selector": {
+                                "dask.org/cluster-name": name,
+                                "dask.org/component": "scheduler",
+                            },
+                            "ports": [
+                                {
+                                    "name": "tcp-comm",
+                                    "protocol": "TCP",
+                                    "port": SCHEDULER_PORT,
+                                    "targetPort": "tcp-comm",
+                                },
+                                {
+                                    "name": "http-dashboard",
+                                    "protocol": "TCP",
+                                    "port": DASHBOARD_PORT,
+                                    "targetPort": "http-dashboard",
+                                },
+                            ],
+                        },
+                    },
+                    "worker": {
+                        "replicas": res.workers,
+                        "metadata": {"labels": _labels(request, "worker", server_id)},
+                        "spec": worker,
+                    },
+                }
+            },
+        },
+    }
+
+
+def job_network_policy(
+    request: LaunchRequest, *, settings: KubernetesBackendSettings, server_id: str
+) -> dict[str, Any]:
+    """The job's pods reach each other, DNS and the store; only the operator reaches in."""
+    own = {"podSelector": {"matchLabels": {LABEL_JOB: request.job_id}}}
+    store_peers: list[dict[str, Any]] = [
+        {"ipBlock": {"cidr": cidr}} for cidr in settings.store_cidrs
+    ] or [{"ipBlock": {"cidr": "0.0.0.0/0"}}]
+    operator = {
+        "namespaceSelector": {
+            "matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}
+        }
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": f"{job_name(request.job_id)}-network",
+            "namespace": tenant_namespace(settings, request.tenant),
+            "labels": _labels(request, "network-policy", server_id),
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_JOB: request.job_id}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [own, operator]}],
+            "egress": [
+                {"to": [own]},
+                {
+                    "to": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                            },
+                            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                        }
+                    ],
+                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                },
+                {
+                    "to": store_peers,
+                    "ports": [{"protocol": "TCP", "port": settings.store_port}],
+                },
+            ],
+        },
+    }
+
+
+def tenant_manifests(
+    settings: KubernetesBackendSettings, tenant: str, server_id: str
+) -> list[dict[str, Any]]:
+    """A tenant's namespace and what bounds it: quota, limits, default-deny, job account."""
+    namespace = tenant_namespace(settings, tenant)
+    quota = settings.quota
+    labels = {
+        LABEL_TENANT: dns_label(tenant),
+        LABEL_SERVER: server_id,
+        "app.kubernetes.io/managed-by": "insitu",
+    }
+    hard: dict[str, str] = {
+        "requests.cpu": quota.cpu,
+        "limits.cpu": quota.cpu,
+        "requests.memory": quota.memory,
+        "limits.memory": quota.memory,
+        "pods": str(quota.pods),
+        f"count/{DASKJOB_PLURAL}.{DASK_GROUP}": str(quota.jobs),
+        f"requests.{GPU_RESOURCE}": str(quota.gpus),
+    }
+    account: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": settings.job_service_account,
+            "namespace": namespace,
+            "labels": labels,
+        },
+        "automountServiceAccountToken": False,
+    }
+    if settings.job_role_arn:
+        account["metadata"]["annotations"] = {"eks.amazonaws.com/role-arn": settings.job_role_arn}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": namespace, "labels": labels},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "insitu-quota", "namespace": namespace, "labels": labels},
+            "spec": {"hard": hard},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "LimitRange",
+            "metadata": {"name": "insitu-limits", "namespace": namespace, "labels": labels},
+            "spec": {
+                "limits": [
+                    {
+                        "type": "Container",
+                        "default": {"cpu": "1", "memory": "2Gi"},
+                        "defaultRequest": {"cpu": "1", "memory": "2Gi"},
+                        "max": {"cpu": quota.container_cpu, "memory": quota.container_memory},
+                    }
+                ]
+            },
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "default-deny", "namespace": namespace, "labels": labels},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+        },
+        account,
+    ]

@@ -1,0 +1,453 @@
+"""The kubernetes backend: one DaskJob of the dask-kubernetes operator per job.
+
+The manifests come from :mod:`insitu.backends.k8s_manifests`; this module creates them
+with the official ``kubernetes`` client, maps what the cluster reports (the DaskJob's
+status, its pods' states) to a job's phase with reasons a person can act on (an image
+that cannot be pulled, pods that cannot be scheduled, a container killed for memory, the
+deadline), reads the runner pod's log, deletes the DaskJob to cancel, and keeps the log
+once the pods are gone. Handles name the namespace and DaskJob, so a restarted API
+server picks its jobs up again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+import threading
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from insitu.backends.base import (
+    LABEL_JOB,
+    Backend,
+    BackendPhase,
+    BackendStatus,
+    JobHandle,
+    LaunchRequest,
+)
+from insitu.backends.k8s_manifests import (
+    DASK_GROUP,
+    DASK_VERSION,
+    DASKJOB_PLURAL,
+    LABEL_SERVER,
+    daskjob,
+    job_network_policy,
+    tenant_manifests,
+    tenant_namespace,
+)
+from insitu.config import Settings
+from insitu.errors import BackendError, InvalidInput
+
+# An image reference: [registry[:port]/]path[:tag][@digest]
+_IMAGE = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._/-][a-z0-9]+)*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+_PULL_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+_CONFIG_ERRORS = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def pod_problem(pod: dict[str, Any], now: datetime, pending_timeout: float) -> str | None:
+    """A reason a person can act on, when a pod of the job cannot run; else None."""
+    name = pod.get("metadata", {}).get("name", "a pod")
+    status = pod.get("status", {})
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in _PULL_ERRORS:
+            return (
+                f"the image {container.get('image')!r} cannot be pulled ({reason}: "
+                f"{waiting.get('message', 'no message')}); check its name and that the "
+                "cluster may pull it"
+            )
+        if reason in _CONFIG_ERRORS:
+            return f"pod {name} cannot start its container ({reason}: {waiting.get('message')})"
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated.get("reason") == "OOMKilled":
+            return f"pod {name} ran out of memory (OOMKilled); ask for more memory_per_worker"
+    for condition in status.get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            since = _parse_time(condition.get("lastTransitionTime")) or now
+            if (now - since).total_seconds() >= pending_timeout:
+                return (
+                    f"pod {name} could not be scheduled for {pending_timeout:.0f} s: "
+                    f"{condition.get('message', 'no node fits')}; ask for fewer or smaller "
+                    "workers, or add nodes in the data's zone"
+                )
+    return None
+
+
+def runner_exit(pod: dict[str, Any] | None) -> tuple[int | None, str | None]:
+    """Exit code and a reason from the runner pod's final state."""
+    if pod is None:
+        return None, None
+    status = pod.get("status", {})
+    if status.get("reason") == "DeadlineExceeded":
+        return None, "the runner pod reached its deadline (activeDeadlineSeconds)"
+    for container in status.get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated:
+            reason = terminated.get("reason")
+            detail = "the runner ran out of memory (OOMKilled)" if reason == "OOMKilled" else None
+            return terminated.get("exitCode"), detail
+    return None, None
+
+
+class KubernetesBackend(Backend):
+    """Runs each job as a DaskJob in its tenant's namespace."""
+
+    name = "kubernetes"
+
+    def __init__(self, settings: Settings, api_client: Any = None) -> None:
+        self.settings = settings
+        self.config = settings.kubernetes
+        self.server_id = hashlib.sha256(str(settings.home).encode()).hexdigest()[:12]
+        self.log_dir = settings.home / "logs"
+        self._api_client = api_client
+        self._tenants: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- the cluster ------------------------------------------------------------------------
+
+    @property
+    def api_client(self) -> Any:
+        with self._lock:
+            if self._api_client is None:
+                from kubernetes import client, config
+
+                try:
+                    if self.config.in_cluster:
+                        config.load_incluster_config()
+                    else:
+                        config.load_kube_config(
+                            config_file=self.config.kubeconfig, context=self.config.context
+                        )
+                except Exception as exc:
+                    raise BackendError(
+                        f"cannot configure the Kubernetes client: {exc}; set "
+                        "INSITU_KUBERNETES__IN_CLUSTER=true inside the cluster, or "
+                        "KUBECONFIG / INSITU_KUBERNETES__KUBECONFIG outside"
+                    ) from None
+                self._api_client = client.ApiClient()
+            return self._api_client
+
+    def _apis(self) -> tuple[Any, Any, Any]:
+        from kubernetes import client
+
+        api = self.api_client
+        return client.CoreV1Api(api), client.CustomObjectsApi(api), client.NetworkingV1Api(api)
+
+    @staticmethod
+    def _status_code(exc: Exception) -> int | None:
+        return getattr(exc, "status", None)
+
+    def _call(self, what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """A Kubernetes API call whose failure is a BackendError naming what was tried."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return function(*args, **kwargs)
+        except ApiException as exc:
+            raise BackendError(
+                f"Kubernetes refused to {what}: {exc.status} {exc.reason}: {(exc.body or '')[:300]}"
+            ) from None
+        except Exception as exc:
+            raise BackendError(f"could not reach Kubernetes to {what}: {exc}") from None
+
+    # -- images -----------------------------------------------------------------------------
+
+    def _image(self, image: str | None) -> str:
+        name = image or self.config.default_image
+        if not name:
+            raise InvalidInput(
+                "the kubernetes backend runs each job in a container image: set analysis.image "
+                "in the job spec (an image the cluster can pull, with the insitu runtime)"
+            )
+        if not _IMAGE.match(name):
+            raise InvalidInput(f"analysis.image {name!r} is not a valid image reference")
+        return name
+
+    def check_image(self, image: str | None) -> None:
+        self._image(image)
+
+    # -- tenants ------------------------------------------------------------------------------
+
+    def _create_or_keep(self, manifest: dict[str, Any]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        core, _, networking = self._apis()
+        kind, namespace = manifest["kind"], manifest["metadata"].get("namespace")
+        create = {
+            "Namespace": lambda: core.create_namespace(manifest),
+            "ResourceQuota": lambda: core.create_namespaced_resource_quota(namespace, manifest),
+            "LimitRange": lambda: core.create_namespaced_limit_range(namespace, manifest),
+            "ServiceAccount": lambda: core.create_namespaced_service_account(namespace, manifest),
+            "NetworkPolicy": lambda: networking.create_namespaced_network_policy(
+                namespace, manifest
+            ),
+        }[kind]
+        try:
+            create()
+        except ApiException as exc:
+            if exc.status != 409:  # AlreadyExists: a tenant's namespace outlives its jobs
+                raise BackendError(
+                    f"Kubernetes refused to create {kind} {manifest['metadata']['name']}: "
+                    f"{exc.status} {exc.reason}"
+                ) from None
+
+    def ensure_tenant(self, tenant: str) -> str:
+        """Create the tenant's namespace and its bounds once; return the namespace."""
+        namespace = tenant_namespace(self.config, tenant)
+        if tenant in self._tenants:
+            return namespace
+        for manifest in tenant_manifests(self.config, tenant, self.server_id):
+            self._create_or_keep(manifest)
+        self._tenants.add(tenant)
+        return namespace
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def manifests(self, request: LaunchRequest) -> list[dict[str, Any]]:
+        """What :meth:`start` creates for a job (its DaskJob and NetworkPolicy)."""
+        image = self._image(request.image)
+        return [
+            job_network_policy(request, settings=self.config, server_id=self.server_id),
+            daskjob(
+                request,
+                image=image,
+                settings=self.config,
+                server_id=self.server_id,
+                runner_env={"INSITU_IMAGE": image},
+            ),
+        ]
+
+    def _start(self, request: LaunchRequest) -> JobHandle:
+        from kubernetes.client.exceptions import ApiException
+
+        namespace = self.ensure_tenant(request.tenant)
+        policy, job = self.manifests(request)
+        _, custom, networking = self._apis()
+        name = job["metadata"]["name"]
+        with contextlib.suppress(ApiException):
+            networking.create_namespaced_network_policy(namespace, policy)
+        try:
+            custom.create_namespaced_custom_object(
+                DASK_GROUP, DASK_VERSION, namespace, DASKJOB_PLURAL, job
+            )
+        except ApiException as exc:
+            if exc.status != 409:  # the same job started before a restart: adopt it
+                raise BackendError(
+                    f"Kubernetes refused the job's DaskJob {namespace}/{name}: "
+                    f"{exc.status} {exc.reason}: {(exc.body or '')[:300]}"
+                ) from None
+        return JobHandle(
+            "kubernetes",
+            request.job_id,
+            {"namespace": namespace, "name": name, "server": self.server_id},
+        )
+
+    async def start(self, request: LaunchRequest) -> JobHandle:
+        return await asyncio.to_thread(self._start, request)
+
+    def _pods(self, namespace: str, job_id: str) -> list[dict[str, Any]]:
+        core, _, _ = self._apis()
+        pods = self._call(
+            "list the job's pods",
+            core.list_namespaced_pod,
+            namespace,
+            label_selector=f"{LABEL_JOB}={job_id}",
+            _preload_content=False,
+        )
+        import json
+
+        return list(json.loads(pods.data).get("items", []))
+
+    def _daskjob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        _, custom, _ = self._apis()
+        try:
+            return dict(
+                custom.get_namespaced_custom_object(
+                    DASK_GROUP, DASK_VERSION, namespace, DASKJOB_PLURAL, name
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise BackendError(f"could not read DaskJob {namespace}/{name}: {exc.reason}") from None
+
+    def _status_one(self, handle: JobHandle) -> BackendStatus:
+        namespace, name = handle.data["namespace"], handle.data["name"]
+        job = self._daskjob(namespace, name)
+        if job is None:
+            return BackendStatus(
+                BackendPhase.MISSING, detail=f"DaskJob {namespace}/{name} is gone from the cluster"
+            )
+        state = (job.get("status") or {}).get("jobStatus") or "JobCreated"
+        pods = self._pods(namespace, handle.job_id)
+        runner_name = (job.get("status") or {}).get("jobRunnerPodName")
+        runner = next(
+            (p for p in pods if p["metadata"]["name"] == runner_name),
+            next(
+                (
+                    p
+                    for p in pods
+                    if p["metadata"].get("labels", {}).get("insitu.io/component") == "runner"
+                ),
+                None,
+            ),
+        )
+        if state in ("Successful", "Failed"):
+            code, detail = runner_exit(runner)
+            if code is None and state == "Successful":
+                code = 0
+            return BackendStatus(BackendPhase.EXITED, exit_code=code, detail=detail)
+        now = datetime.now(timezone.utc)
+        for pod in pods:
+            problem = pod_problem(pod, now, self.config.pending_timeout)
+            if problem:
+                return BackendStatus(BackendPhase.EXITED, detail=problem)
+        if runner is not None and runner.get("status", {}).get("phase") in ("Failed",):
+            code, detail = runner_exit(runner)
+            return BackendStatus(BackendPhase.EXITED, exit_code=code, detail=detail)
+        if state == "Running" and runner is not None:
+            return BackendStatus(BackendPhase.RUNNING)
+        return BackendStatus(BackendPhase.PENDING)
+
+    async def status(self, handles: Iterable[JobHandle]) -> dict[str, BackendStatus]:
+        handles = list(handles)
+
+        def all_of() -> dict[str, BackendStatus]:
+            return {h.job_id: self._status_one(h) for h in handles}
+
+        return await asyncio.to_thread(all_of)
+
+    # -- logs -----------------------------------------------------------------------------
+
+    def log_path(self, job_id: str) -> Path:
+        return self.log_dir / f"{job_id}.log"
+
+    def _runner_log(self, handle: JobHandle) -> bytes | None:
+        namespace = handle.data["namespace"]
+        core, _, _ = self._apis()
+        runners = [
+            p
+            for p in self._pods(namespace, handle.job_id)
+            if p["metadata"].get("labels", {}).get("insitu.io/component") == "runner"
+        ]
+        if not runners:
+            return None
+        response = self._call(
+            "read the runner's log",
+            core.read_namespaced_pod_log,
+            runners[0]["metadata"]["name"],
+            namespace,
+            _preload_content=False,
+        )
+        return bytes(response.data)
+
+    def _read_log(self, handle: JobHandle, offset: int) -> tuple[bytes, int]:
+        path = self.log_path(handle.job_id)
+        if path.exists():
+            data = path.read_bytes()
+        else:
+            try:
+                data = self._runner_log(handle) or b""
+            except BackendError:
+                data = b""
+        chunk = data[offset : offset + (4 << 20)]
+        return chunk, offset + len(chunk)
+
+    async def logs(self, handle: JobHandle, offset: int = 0) -> tuple[bytes, int]:
+        return await asyncio.to_thread(self._read_log, handle, offset)
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    def _delete(self, handle: JobHandle) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        namespace, name = handle.data["namespace"], handle.data["name"]
+        _, custom, networking = self._apis()
+        try:
+            custom.delete_namespaced_custom_object(
+                DASK_GROUP,
+                DASK_VERSION,
+                namespace,
+                DASKJOB_PLURAL,
+                name,
+                body={"propagationPolicy": "Background"},
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise BackendError(
+                    f"could not delete DaskJob {namespace}/{name}: {exc.reason}"
+                ) from None
+        with contextlib.suppress(ApiException):
+            networking.delete_namespaced_network_policy(f"{name}-network", namespace)
+
+    def _cleanup(self, handle: JobHandle) -> None:
+        path = self.log_path(handle.job_id)
+        if not path.exists():
+            with contextlib.suppress(BackendError):
+                log = self._runner_log(handle)
+                if log is not None:
+                    self.log_dir.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(log)
+        self._delete(handle)
+
+    async def cancel(self, handle: JobHandle, grace: float = 5.0) -> None:
+        await asyncio.to_thread(self._cleanup, handle)
+
+    async def cleanup(self, handle: JobHandle) -> None:
+        await asyncio.to_thread(self._cleanup, handle)
+
+    def _orphans(self, live_job_ids: set[str]) -> list[str]:
+        _, custom, _ = self._apis()
+        listed = self._call(
+            "list DaskJobs",
+            custom.list_cluster_custom_object,
+            DASK_GROUP,
+            DASK_VERSION,
+            DASKJOB_PLURAL,
+            label_selector=f"{LABEL_SERVER}={self.server_id}",
+        )
+        removed = []
+        for item in listed.get("items", []):
+            labels = item["metadata"].get("labels", {})
+            job_id = labels.get(LABEL_JOB)
+            if job_id and job_id not in live_job_ids:
+                handle = JobHandle(
+                    "kubernetes",
+                    job_id,
+                    {"namespace": item["metadata"]["namespace"], "name": item["metadata"]["name"]},
+                )
+                self._cleanup(handle)
+                removed.append(job_id)
+        return removed
+
+    async def cleanup_orphans(self, live_job_ids: set[str]) -> list[str]:
+        return await asyncio.to_thread(self._orphans, live_job_ids)
+
+    async def close(self) -> None:
+        with self._lock:
+            api, self._api_client = self._api_client, None
+        if api is not None:
+            with contextlib.suppress(Exception):
+                api.close()
