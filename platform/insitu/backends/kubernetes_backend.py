@@ -262,8 +262,17 @@ class KubernetesBackend(Backend):
             {"namespace": namespace, "name": name, "server": self.server_id},
         )
 
+    def _start_or_explain(self, request: LaunchRequest) -> JobHandle:
+        try:
+            return self._start(request)
+        except (BackendError, InvalidInput):
+            raise
+        except Exception as exc:  # connection refused, TLS, DNS: the cluster is not reachable
+            host = getattr(getattr(self.api_client, "configuration", None), "host", "?")
+            raise BackendError(f"could not reach the Kubernetes API at {host}: {exc}") from None
+
     async def start(self, request: LaunchRequest) -> JobHandle:
-        return await asyncio.to_thread(self._start, request)
+        return await asyncio.to_thread(self._start_or_explain, request)
 
     def _pods(self, namespace: str, job_id: str) -> list[dict[str, Any]]:
         core, _, _ = self._apis()

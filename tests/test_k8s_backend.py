@@ -1,0 +1,205 @@
+"""The kubernetes backend against a Kubernetes API that answers with recorded responses.
+
+Submit (tenant namespace and its bounds, the job's policy and DaskJob), the mapping of
+DaskJob and pod states to a job's phase with actionable reasons, logs, cancel, and
+reconciliation after an API restart. No cluster is reachable here; ``test_k8s_cluster.py``
+runs the same backend against a real one (marker ``k8s``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from insitu.backends.base import BackendPhase, JobHandle, LaunchRequest
+from insitu.backends.kubernetes_backend import KubernetesBackend
+from insitu.config import KubernetesBackendSettings, Settings
+from insitu.errors import BackendError
+from insitu.spec import Resources
+from k8s_fake_api import DATA, FakeCluster, api_client, daskjob_status, fake_cluster, pods
+from test_k8s_manifests import operator_crd
+
+pytestmark = pytest.mark.anyio
+JOB = "j-0123456789ab"
+NAMESPACE = "insitu-tenant-ada"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def cluster() -> Iterator[FakeCluster]:
+    with fake_cluster(operator_crd("daskjob")) as fake:
+        yield fake
+
+
+@pytest.fixture
+def k8s_settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={
+            "backend": "kubernetes",
+            "kubernetes": KubernetesBackendSettings(
+                data_zone="eu-central-1a",
+                pending_timeout=300.0,
+                job_role_arn="arn:aws:iam::1:role/r",
+            ),
+        }
+    )
+
+
+@pytest.fixture
+def backend(k8s_settings: Settings, cluster: FakeCluster) -> KubernetesBackend:
+    return KubernetesBackend(k8s_settings, api_client=api_client(cluster.url))
+
+
+def _request(**overrides: Any) -> LaunchRequest:
+    values: dict[str, Any] = {
+        "job_id": JOB,
+        "workspace_url": f"s3://insitu-results/jobs/{JOB}",
+        "dataset_url": "s3://insitu-data/datasets/m1.zarr",
+        "resources": Resources(workers=2),
+        "timeout_s": 600.0,
+        "image": "registry.example.org/lab/ophys:1.2",
+        "tenant": "ada",
+        "env": {"AWS_ACCESS_KEY_ID": "ASIA-session"},
+    }
+    values.update(overrides)
+    return LaunchRequest(**values)
+
+
+async def test_start_provisions_the_tenant_then_the_job(
+    backend: KubernetesBackend, cluster: FakeCluster
+) -> None:
+    handle = await backend.start(_request())
+    assert handle.data["namespace"] == NAMESPACE and handle.data["name"] == JOB
+    kinds = [path.split("/")[-1] for method, path in cluster.requests if method == "POST"]
+    assert kinds == [
+        "namespaces",
+        "resourcequotas",
+        "limitranges",
+        "networkpolicies",
+        "serviceaccounts",
+        "networkpolicies",
+        "daskjobs",
+    ]
+    (job,) = cluster.created("daskjobs")
+    assert job["spec"]["cluster"]["spec"]["worker"]["replicas"] == 2
+    # A second job of the same tenant reuses its namespace; a restarted server that starts
+    # the same job again adopts the existing DaskJob (409) instead of failing.
+    again = KubernetesBackend(backend.settings, api_client=api_client(cluster.url))
+    assert (await again.start(_request())).data == handle.data
+    assert len(cluster.created("daskjobs")) == 1
+
+
+async def test_a_daskjob_the_api_server_refuses_is_a_clear_error(
+    backend: KubernetesBackend, cluster: FakeCluster
+) -> None:
+    cluster.crd_schema = {**cluster.crd_schema, "required": ["spec", "impossible"]}
+    with pytest.raises(BackendError, match=r"refused the job's DaskJob .*422"):
+        await backend.start(_request())
+
+
+async def _phase(
+    backend: KubernetesBackend, cluster: FakeCluster, status: str, pod_list: str | None
+) -> Any:
+    handle = await backend.start(_request())
+    cluster.set_status(NAMESPACE, JOB, daskjob_status(status))
+    if pod_list:
+        cluster.pod_lists[JOB] = pods(pod_list)
+    return (await backend.status([handle]))[JOB]
+
+
+@pytest.mark.parametrize(
+    ("status", "pod_list", "phase", "code", "detail"),
+    [
+        ("created", None, BackendPhase.PENDING, None, None),
+        ("cluster-created", "unschedulable-fresh", BackendPhase.PENDING, None, None),
+        ("running", "running", BackendPhase.RUNNING, None, None),
+        ("successful", "succeeded", BackendPhase.EXITED, 0, None),
+        ("failed", "runner-oomkilled", BackendPhase.EXITED, 137, "ran out of memory"),
+        ("failed", "deadline", BackendPhase.EXITED, None, "deadline (activeDeadlineSeconds)"),
+        (
+            "cluster-created",
+            "image-pull-backoff",
+            BackendPhase.EXITED,
+            None,
+            "the image 'registry.example.org/lab/ophys:1.2' cannot be pulled (ImagePullBackOff",
+        ),
+        (
+            "cluster-created",
+            "unschedulable",
+            BackendPhase.EXITED,
+            None,
+            "could not be scheduled for 300 s: 0/3 nodes are available",
+        ),
+    ],
+)
+async def test_states_map_to_phases_with_reasons(
+    backend: KubernetesBackend,
+    cluster: FakeCluster,
+    status: str,
+    pod_list: str | None,
+    phase: BackendPhase,
+    code: int | None,
+    detail: str | None,
+) -> None:
+    seen = await _phase(backend, cluster, status, pod_list)
+    assert seen.phase == phase
+    assert seen.exit_code == code
+    if detail is None:
+        assert seen.detail is None
+    else:
+        assert seen.detail is not None and detail in seen.detail
+
+
+async def test_logs_cancel_and_a_gone_job(backend: KubernetesBackend, cluster: FakeCluster) -> None:
+    handle = await backend.start(_request())
+    cluster.set_status(NAMESPACE, JOB, daskjob_status("running"))
+    cluster.pod_lists[JOB] = pods("running")
+    recorded = (DATA / "runner.log").read_bytes()
+    cluster.logs[f"{JOB}-runner"] = recorded
+    first, offset = await backend.logs(handle, 0)
+    assert first == recorded and offset == len(recorded)
+    rest, same = await backend.logs(handle, offset)
+    assert rest == b"" and same == offset
+
+    await backend.cancel(handle)
+    assert ("DELETE", f"/apis/kubernetes.dask.org/v1/namespaces/{NAMESPACE}/daskjobs/{JOB}") in [
+        (m, p.split("?")[0]) for m, p in cluster.requests
+    ]
+    assert not cluster.created("daskjobs")
+    # The runner's log was kept before its pods went.
+    cluster.logs.clear()
+    kept, _ = await backend.logs(handle, 0)
+    assert kept == recorded
+    gone = (await backend.status([handle]))[JOB]
+    assert gone.phase == BackendPhase.MISSING and "is gone" in (gone.detail or "")
+    await backend.cleanup(handle)  # idempotent: a second delete finds nothing, quietly
+
+
+async def test_a_restarted_server_reads_its_jobs_and_removes_ended_ones(
+    k8s_settings: Settings, cluster: FakeCluster
+) -> None:
+    first = KubernetesBackend(k8s_settings, api_client=api_client(cluster.url))
+    live = await first.start(_request())
+    ended = await first.start(_request(job_id="j-ended0000000"))
+    persisted = JobHandle.from_json(live.to_json())
+    await first.close()
+
+    restarted = KubernetesBackend(k8s_settings, api_client=api_client(cluster.url))
+    cluster.set_status(NAMESPACE, JOB, daskjob_status("running"))
+    cluster.pod_lists[JOB] = pods("running")
+    assert (await restarted.status([persisted]))[JOB].phase == BackendPhase.RUNNING
+    removed = await restarted.cleanup_orphans({JOB})
+    assert removed == [ended.job_id]
+    assert [j["metadata"]["name"] for j in cluster.created("daskjobs")] == [JOB]
+
+
+async def test_an_unreachable_cluster_is_a_clear_error(k8s_settings: Settings) -> None:
+    backend = KubernetesBackend(k8s_settings, api_client=api_client("http://127.0.0.1:9"))
+    with pytest.raises(BackendError, match="Kubernetes"):
+        await backend.start(_request())

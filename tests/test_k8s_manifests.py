@@ -1,0 +1,227 @@
+"""Every manifest the kubernetes backend generates, validated with no cluster.
+
+Kubernetes' own objects against the Kubernetes schemas (``kubernetes-validate``, strict),
+the DaskJob against the operator's CRD schema shipped in the ``dask-kubernetes`` package,
+and each of its pod specs again as a strict Kubernetes Pod.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from insitu.backends.base import LABEL_JOB, LaunchRequest
+from insitu.backends.k8s_manifests import (
+    daskjob,
+    dns_label,
+    job_network_policy,
+    tenant_manifests,
+    tenant_namespace,
+)
+from insitu.backends.kubernetes_backend import KubernetesBackend
+from insitu.config import KubernetesBackendSettings, Settings
+from insitu.errors import InvalidInput
+from insitu.spec import Resources
+
+KUBE_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+
+
+@functools.cache
+def _crd_text(kind: str) -> dict[str, Any]:
+    import dask_kubernetes
+
+    root = Path(dask_kubernetes.__file__).parent / "operator" / "deployment" / "helm"
+    path = root / "dask-kubernetes-operator" / "crds" / f"{kind}.yaml"
+    crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return dict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+
+
+def operator_crd(kind: str) -> dict[str, Any]:
+    """The openAPIV3Schema of one of the operator's CRDs, from the dask-kubernetes package."""
+    return copy.deepcopy(_crd_text(kind))
+
+
+def _requests() -> dict[str, LaunchRequest]:
+    common: dict[str, Any] = {
+        "timeout_s": 3600.0,
+        "env": {"AWS_ACCESS_KEY_ID": "ASIA-session", "AWS_SESSION_TOKEN": "token"},
+        "image": "registry.example.org/lab/ophys:1.2",
+    }
+    return {
+        "s3": LaunchRequest(
+            job_id="j-0123456789ab",
+            workspace_url="s3://insitu-results/jobs/j-0123456789ab",
+            dataset_url="s3://insitu-data/datasets/ophys/m1.zarr",
+            resources=Resources(workers=4, threads_per_worker=2, memory_per_worker=4 << 30),
+            tenant="Ada Lovelace",
+            **common,
+        ),
+        "gpu": LaunchRequest(
+            job_id="j-feedfacecafe",
+            workspace_url="s3://insitu-results/jobs/j-feedfacecafe",
+            dataset_url="s3://other-bucket/em.zarr",
+            resources=Resources(workers=1, threads_per_worker=4, memory_per_worker=8 << 30, gpu=1),
+            tenant="course-2026",
+            **common,
+        ),
+    }
+
+
+@pytest.fixture
+def k8s() -> KubernetesBackendSettings:
+    return KubernetesBackendSettings(
+        data_zone="eu-central-1a",
+        bucket_zones={"other-bucket": "eu-central-1b"},
+        store_cidrs=["52.219.72.0/22", "3.5.136.0/22"],
+        job_role_arn="arn:aws:iam::123456789012:role/insitu-job-reader",
+    )
+
+
+def _all(k8s: KubernetesBackendSettings) -> list[dict[str, Any]]:
+    manifests = []
+    for request in _requests().values():
+        manifests += tenant_manifests(k8s, request.tenant, "srv")
+        manifests.append(job_network_policy(request, settings=k8s, server_id="srv"))
+        manifests.append(daskjob(request, image=request.image or "", settings=k8s, server_id="srv"))
+    return manifests
+
+
+def _pod_specs(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    cluster = job["spec"]["cluster"]["spec"]
+    return {
+        "runner": job["spec"]["job"]["spec"],
+        "scheduler": cluster["scheduler"]["spec"],
+        "worker": cluster["worker"]["spec"],
+    }
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_every_generated_manifest_is_valid(k8s: KubernetesBackendSettings, version: str) -> None:
+    daskjob_schema = operator_crd("daskjob")
+    checked = 0
+    for manifest in _all(k8s):
+        if manifest["kind"] == "DaskJob":
+            jsonschema.validate(manifest, daskjob_schema)
+            for role, spec in _pod_specs(manifest).items():
+                pod = {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": f"{role}-check", "namespace": "x"},
+                    "spec": spec,
+                }
+                kubernetes_validate.validate(pod, version, strict=True)
+            service = manifest["spec"]["cluster"]["spec"]["scheduler"]["service"]
+            kubernetes_validate.validate(
+                {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": service},
+                version,
+                strict=True,
+            )
+        else:
+            kubernetes_validate.validate(manifest, version, strict=True)
+        checked += 1
+    assert checked == 14  # 5 tenant objects + policy + DaskJob, for two jobs
+
+
+def test_the_validators_catch_mistakes(k8s: KubernetesBackendSettings) -> None:
+    """The checks above can fail: a misspelt pod field and a DaskJob without its cluster."""
+    job = daskjob(_requests()["s3"], image="x:1", settings=k8s, server_id="srv")
+    broken_pod = copy.deepcopy(_pod_specs(job)["worker"])
+    broken_pod["serviceAcountName"] = "typo"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": broken_pod},
+            KUBE_VERSIONS[0],
+            strict=True,
+        )
+    del job["spec"]["cluster"]
+    with pytest.raises(jsonschema.ValidationError, match="cluster"):
+        jsonschema.validate(job, operator_crd("daskjob"))
+
+
+def test_pods_are_placed_by_the_data_and_locked_down(k8s: KubernetesBackendSettings) -> None:
+    requests = _requests()
+    job = daskjob(requests["s3"], image="img:1", settings=k8s, server_id="srv")
+    assert job["metadata"]["namespace"] == "insitu-tenant-ada-lovelace"
+    assert job["spec"]["cluster"]["spec"]["worker"]["replicas"] == 4
+    specs = _pod_specs(job)
+    for role, spec in specs.items():
+        zone = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        expression = zone["nodeSelectorTerms"][0]["matchExpressions"][0]
+        assert expression == {
+            "key": "topology.kubernetes.io/zone",
+            "operator": "In",
+            "values": ["eu-central-1a"],
+        }, role
+        assert spec["automountServiceAccountToken"] is False
+        assert spec["serviceAccountName"] == "insitu-job"
+        (container,) = spec["containers"]
+        security = container["securityContext"]
+        assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert not security["allowPrivilegeEscalation"]
+        assert container["resources"]["requests"] == container["resources"]["limits"]
+    worker = specs["worker"]["containers"][0]
+    assert worker["resources"]["limits"] == {"cpu": "2", "memory": str(4 << 30)}
+    assert {"--nthreads", "2"} <= set(worker["args"])
+    assert specs["worker"]["tolerations"][0]["key"] == "insitu.io/spot"
+    assert "tolerations" not in specs["runner"] and "tolerations" not in specs["scheduler"]
+    assert specs["runner"]["activeDeadlineSeconds"] == 3600
+    assert specs["runner"]["restartPolicy"] == "Never"
+    env = {e["name"]: e["value"] for e in specs["runner"]["containers"][0]["env"]}
+    assert env["AWS_SESSION_TOKEN"] == "token" and env["INSITU_JOB_ID"] == "j-0123456789ab"
+
+    gpu = daskjob(requests["gpu"], image="img:1", settings=k8s, server_id="srv")
+    gpu_worker = _pod_specs(gpu)["worker"]
+    assert gpu_worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {t["key"] for t in gpu_worker["tolerations"]} == {"insitu.io/spot", "nvidia.com/gpu"}
+    zone = gpu_worker["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert zone["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["eu-central-1b"]
+
+
+def test_a_job_reaches_only_its_cluster_dns_and_the_store(k8s: KubernetesBackendSettings) -> None:
+    request = _requests()["s3"]
+    policy = job_network_policy(request, settings=k8s, server_id="srv")
+    own = {"podSelector": {"matchLabels": {LABEL_JOB: request.job_id}}}
+    assert policy["spec"]["podSelector"] == own["podSelector"]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    to_cluster, to_dns, to_store = policy["spec"]["egress"]
+    assert to_cluster == {"to": [own]}
+    assert to_dns["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    assert to_store["to"] == [{"ipBlock": {"cidr": c}} for c in k8s.store_cidrs]
+    assert to_store["ports"] == [{"protocol": "TCP", "port": 443}]
+    assert policy["spec"]["ingress"][0]["from"][0] == own
+
+    tenant = {m["kind"]: m for m in tenant_manifests(k8s, "Ada Lovelace", "srv")}
+    assert tenant["NetworkPolicy"]["spec"] == {
+        "podSelector": {},
+        "policyTypes": ["Ingress", "Egress"],
+    }
+    assert tenant["ResourceQuota"]["spec"]["hard"]["count/daskjobs.kubernetes.dask.org"] == "8"
+    account = tenant["ServiceAccount"]
+    assert account["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/insitu-job-reader"
+    }
+    assert account["automountServiceAccountToken"] is False
+
+
+def test_names_are_valid_kubernetes_names(k8s: KubernetesBackendSettings) -> None:
+    assert dns_label("Ada_Lovelace@Lab!") == "ada-lovelace-lab"
+    assert len(tenant_namespace(k8s, "x" * 200)) == 63
+    assert dns_label("---") == "x"
+
+
+def test_images_are_checked_at_submit(settings: Settings) -> None:
+    backend = KubernetesBackend(settings.model_copy(update={"backend": "kubernetes"}))
+    backend.check_image("registry.example.org:5000/lab/ophys:1.2")
+    backend.check_image("ghcr.io/org/img@sha256:" + "a" * 64)
+    with pytest.raises(InvalidInput, match="not a valid image reference"):
+        backend.check_image("Bad Image!")
+    with pytest.raises(InvalidInput, match=r"set analysis\.image"):
+        backend.check_image(None)
