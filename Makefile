@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# checkov (the Terraform scan) has its own tool venv: its pins clash with the project's.
+CHECKOV_VENV := $(VENV)/tools/checkov
 
 .PHONY: demo test lint bench clean
 
@@ -27,8 +29,12 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff format --check platform tests examples
 	$(BIN)/mypy
 
+$(CHECKOV_VENV)/bin/checkov: | $(BIN)/python
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov==3.3.30'
+
 ## test: lint, type-check and the test suite
-test: lint
+test: lint $(CHECKOV_VENV)/bin/checkov
 	$(BIN)/pytest
 
 ## bench: every benchmark (about 18 min; root for the network namespaces); writes docs/benchmarks.*

@@ -75,6 +75,18 @@ def session_policy(dataset_url: str, workspace_url: str) -> dict[str, Any]:
                 "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}*"]}},
             }
         )
+    if statements:
+        # Buckets encrypted with a KMS key (SSE-KMS) need the key to read and write objects;
+        # only through S3, and the job role's own policy names the one key it may use.
+        statements.append(
+            {
+                "Sid": "UseBucketKeyThroughS3",
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                "Resource": ["*"],
+                "Condition": {"StringLike": {"kms:ViaService": "s3.*.amazonaws.com"}},
+            }
+        )
     return {"Version": "2012-10-17", "Statement": statements}
 
 
