@@ -550,3 +550,60 @@ def test_images_that_cannot_run_jobs_are_refused_at_submit_saying_why(
     with pytest.raises(InvalidInput, match=re.escape("set analysis.image")):
         docker_server.submit(spec)
     assert len(docker_server.jobs()) == before
+
+
+# -- the server image the Helm chart runs ---------------------------------------------------------
+
+
+def test_the_server_image_builds_and_runs_as_non_root(engine: Any, tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    root = dockerlab.ROOT
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name in ("Dockerfile", "pyproject.toml", "README.md", "docker-build/README"):
+            tar.add(root / name, arcname=name)
+        pins = images.constraints().encode()
+        member = tarfile.TarInfo("docker-build/constraints.txt")
+        member.size = len(pins)
+        tar.addfile(member, io.BytesIO(pins))
+        for path in sorted((root / "platform" / "insitu").rglob("*")):
+            if "__pycache__" not in path.parts and path.is_file():
+                tar.add(path, arcname=path.relative_to(root).as_posix())
+        if dockerlab.ca_bundle():
+            tar.add(str(dockerlab.ca_bundle()), arcname="docker-build/ca.crt")
+    base = dockerlab.debian_base()
+    chunks = engine.api.build(
+        fileobj=io.BytesIO(buffer.getvalue()),
+        custom_context=True,
+        tag="insitu-server:test",
+        buildargs={"BASE_IMAGE": base},
+        network_mode="host",
+        rm=True,
+        forcerm=True,
+        decode=True,
+    )
+    log = [c.get("stream", "") + c.get("error", "") for c in chunks]
+    assert engine.images.list(name="insitu-server:test"), "".join(log)[-3000:]
+    image = engine.images.get("insitu-server:test")
+    assert image.attrs["Config"]["User"] == "10001"
+    assert image.attrs["Config"]["Entrypoint"] == ["insitu"]
+    output = engine.containers.run(
+        "insitu-server:test",
+        command=["version", "--json"],
+        remove=True,
+        network_mode="none",
+        read_only=True,
+        environment={"INSITU_URL": "http://127.0.0.1:9"},
+    )
+    info = json.loads(output)
+    assert info["client"] and info["server"] is None
+    modules = engine.containers.run(
+        "insitu-server:test",
+        entrypoint=["python", "-c", "import kubernetes, psycopg, obstore; print('ok')"],
+        command=[],
+        remove=True,
+        network_mode="none",
+    )
+    assert modules.strip() == b"ok"

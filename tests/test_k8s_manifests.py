@@ -80,6 +80,7 @@ def k8s() -> KubernetesBackendSettings:
         data_zone="eu-central-1a",
         bucket_zones={"other-bucket": "eu-central-1b"},
         store_cidrs=["52.219.72.0/22", "3.5.136.0/22"],
+        worker_node_selector={"insitu.io/pool": "cpu-spot"},
         job_role_arn="arn:aws:iam::123456789012:role/insitu-job-reader",
     )
 
@@ -171,6 +172,8 @@ def test_pods_are_placed_by_the_data_and_locked_down(k8s: KubernetesBackendSetti
     assert worker["resources"]["limits"] == {"cpu": "2", "memory": str(4 << 30)}
     assert {"--nthreads", "2"} <= set(worker["args"])
     assert specs["worker"]["tolerations"][0]["key"] == "insitu.io/spot"
+    assert specs["worker"]["nodeSelector"] == {"insitu.io/pool": "cpu-spot"}
+    assert "nodeSelector" not in specs["runner"] and "nodeSelector" not in specs["scheduler"]
     assert "tolerations" not in specs["runner"] and "tolerations" not in specs["scheduler"]
     assert specs["runner"]["activeDeadlineSeconds"] == 3600
     assert specs["runner"]["restartPolicy"] == "Never"

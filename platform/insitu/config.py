@@ -181,6 +181,11 @@ class KubernetesBackendSettings(BaseModel):
     spot_toleration: bool = Field(
         True, description="Workers tolerate the spot pool's taint (insitu.io/spot=true)."
     )
+    worker_node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description='Node labels worker pods need, e.g. {"insitu.io/pool": "cpu-spot"} '
+        "(the terraform output job_node_selector).",
+    )
     store_cidrs: list[str] = Field(
         default_factory=list,
         description="Address ranges of the object store that job pods may reach (e.g. the "

@@ -119,6 +119,8 @@ def _pod_spec(
                 }
             }
         }
+    if spot and settings.worker_node_selector:
+        spec["nodeSelector"] = dict(settings.worker_node_selector)
     tolerations = []
     if spot and settings.spot_toleration:
         key, value = SPOT_TAINT
