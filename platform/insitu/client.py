@@ -164,6 +164,44 @@ class Client:
 
     # -- jobs ---------------------------------------------------------------------------------
 
+    # -- courses ------------------------------------------------------------------------------
+
+    def create_course(
+        self,
+        name: str,
+        participants: list[dict[str, Any]],
+        *,
+        datasets: list[str] | None = None,
+        quota: str | dict[str, Any] | None = None,
+        expires: str | None = None,
+    ) -> dict[str, Any]:
+        """Create a course; the answer holds each participant's token, shown only this once."""
+        body = {
+            "name": name,
+            "participants": participants,
+            "datasets": datasets or [],
+            "quota": quota,
+            "expires": expires,
+        }
+        return dict(self._json("POST", "/v1/courses", json=body))
+
+    def add_participants(self, name: str, participants: list[dict[str, Any]]) -> dict[str, Any]:
+        """Add participants to a course; the answer holds their tokens."""
+        path = f"/v1/courses/{name}/participants"
+        return dict(self._json("POST", path, json={"participants": participants}))
+
+    def courses(self) -> list[dict[str, Any]]:
+        """The courses you manage."""
+        return list(self._json("GET", "/v1/courses")["data"])
+
+    def course_report(self, name: str) -> dict[str, Any]:
+        """Per participant: jobs, failures, core-hours, bytes scanned and returned."""
+        return dict(self._json("GET", f"/v1/courses/{name}/report"))
+
+    def close_course(self, name: str) -> dict[str, Any]:
+        """Revoke every participant's tokens."""
+        return dict(self._json("POST", f"/v1/courses/{name}/close"))
+
     def upload_code(self, directory: str | Path) -> str:
         """Pack and upload a directory of code; return the bundle id."""
         data = bundle.pack(Path(directory))

@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from insitu import objectstore
 from insitu.backends.base import Backend, BackendPhase, BackendStatus, JobHandle, LaunchRequest
@@ -32,11 +32,13 @@ from insitu.runtime.workspace import (
     Outcome,
     Progress,
 )
+from insitu.services import fairshare, quotas
 from insitu.spec import Resources
 from insitu.states import JobState
 from insitu.units import format_duration, format_size
 
 log = logging.getLogger("insitu.dispatcher")
+FAIR_SHARE_WINDOW = timedelta(hours=1)  # how far back fair share remembers who was served
 
 
 @dataclass
@@ -103,7 +105,7 @@ class Dispatcher:
 
     # -- database steps (run in a thread) -------------------------------------------------
 
-    def _lease_until(self) -> tuple[object, object]:
+    def _lease_until(self) -> tuple[datetime, datetime]:
         now = utcnow()
         return now, now + timedelta(seconds=self.settings.dispatcher.lease)
 
@@ -115,15 +117,37 @@ class Dispatcher:
             return jobs
 
     def _admit(self, room: int) -> list[Job]:
-        _, until = self._lease_until()
+        """Claim up to ``room`` queued jobs, fairly across users and within their quotas."""
+        now, until = self._lease_until()
         with self.db.session() as session:
-            jobs = queries.claim_queued(session, self.owner, room, until)  # type: ignore[arg-type]
-            for job in jobs:
+            candidates = queries.queued_candidates(session, max(room * 25, 200))
+            if not candidates:
+                return []
+            owners = sorted({job.owner_id for job in candidates})
+            usage = {
+                owner: quotas.Usage(*counts)
+                for owner, counts in queries.usage_by_owner(
+                    session,
+                    owners,
+                    since=now - FAIR_SHARE_WINDOW,
+                ).items()
+            }
+            decision = fairshare.pick(candidates, room, usage, now)
+            by_id = {job.id: job for job in candidates}
+            for job_id, reason in decision.waiting.items():
+                if by_id[job_id].reason != reason:
+                    by_id[job_id].reason = reason
+            for job_id, reason in decision.expired.items():
+                job = by_id[job_id]
+                job.error, job.error_kind = reason, "expired"
+                queries.transition(session, job, JobState.FAILED, reason)
+            for job in decision.admit:
+                job.lease_owner, job.lease_expires_at = self.owner, until
                 queries.transition(
                     session, job, JobState.ADMITTED, f"admitted by dispatcher {self.owner}"
                 )
             session.commit()
-            return jobs
+            return decision.admit
 
     def _apply(self, job_id: str, to: JobState | None, reason: str = "", **fields: object) -> None:
         """Update fields of a job and move it to ``to``, in one transaction."""

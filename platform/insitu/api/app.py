@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from insitu import __version__
-from insitu.api.routes import audit, bundles, datasets, health, jobs, users
+from insitu.api.routes import audit, bundles, courses, datasets, health, jobs, users
 from insitu.backends import Backend, make_backend
 from insitu.config import Settings
 from insitu.db import queries
@@ -104,6 +104,7 @@ def create_app(
         )
 
     app.include_router(health.router)
-    for router in (jobs.router, datasets.router, bundles.router, users.router, audit.router):
-        app.include_router(router, prefix="/v1")
+    routers = (jobs, datasets, bundles, users, audit, courses)
+    for module in routers:
+        app.include_router(module.router, prefix="/v1")
     return app

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from insitu.catalog import ArrayInfo
-from insitu.db.models import AuditEvent, Dataset, Job, JobEvent, User
+from insitu.db.models import AuditEvent, Course, Dataset, Job, JobEvent, User
 
 
 class JobCreate(BaseModel):
@@ -258,3 +258,82 @@ class AuditEventPublic(BaseModel):
 class AuditEventsPublic(BaseModel):
     data: list[AuditEventPublic]
     count: int
+
+
+# -- courses ------------------------------------------------------------------------------------
+
+
+class ParticipantIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="The person's name, as on the roster.")
+    email: str = Field(description="Their e-mail address.")
+    username: str | None = Field(None, description="User name; default: from the e-mail.")
+
+
+class CourseCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Course name, e.g. 'neuro-2026'.")
+    participants: list[ParticipantIn]
+    datasets: list[str] = Field(default_factory=list, description="Datasets they may read.")
+    quota: str | dict[str, Any] | None = Field(
+        None, description="e.g. 'jobs=2,workers=2,core-hours=20,result-bytes=256MiB'."
+    )
+    expires: datetime | None = Field(None, description="When their access ends (UTC).")
+
+
+class ParticipantsAdd(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    participants: list[ParticipantIn]
+
+
+class ParticipantCreated(BaseModel):
+    user: str
+    email: str | None
+    token: str = Field(description="Their API token, shown only this once.")
+
+
+class CoursePublic(BaseModel):
+    name: str
+    owner: str
+    datasets: list[str]
+    quota: dict[str, Any]
+    expires_at: datetime | None
+    created_at: datetime
+    closed_at: datetime | None
+    participants: int
+
+    @classmethod
+    def of(cls, course: Course, participants: int) -> CoursePublic:
+        return cls(
+            name=course.name,
+            owner=course.owner.name,
+            datasets=list(course.datasets),
+            quota=dict(course.quota),
+            expires_at=course.expires_at,
+            created_at=course.created_at,
+            closed_at=course.closed_at,
+            participants=participants,
+        )
+
+
+class CourseEnrolled(BaseModel):
+    course: CoursePublic
+    created: list[ParticipantCreated]
+
+
+class CoursesPublic(BaseModel):
+    data: list[CoursePublic]
+    count: int
+
+
+class CourseReport(BaseModel):
+    course: CoursePublic
+    participants: list[dict[str, Any]]
+
+
+class CourseClosed(BaseModel):
+    course: CoursePublic
+    tokens_revoked: int

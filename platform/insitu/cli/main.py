@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from insitu.cli import datasets, demo, images, jobs, server, users
+from insitu.cli import courses, datasets, demo, images, jobs, server, users
 from insitu.cli.app import InsituGroup
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.command(rich_help_panel="Jobs")(jobs.results)
 app.add_typer(users.app, name="users", rich_help_panel="Access")
 app.command(rich_help_panel="Access")(users.whoami)
 app.command(rich_help_panel="Access")(users.audit)
+app.add_typer(courses.app, name="course", rich_help_panel="Access")
 
 
 def main() -> None:

@@ -56,6 +56,12 @@ class User(Base):
     email: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     disabled_at: Mapped[datetime | None]
+    # Course participants: their course, their quota, and when their access ends.
+    course_id: Mapped[int | None] = mapped_column(
+        ForeignKey("courses.id", ondelete="SET NULL", use_alter=True), index=True
+    )
+    quota: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    expires_at: Mapped[datetime | None]
 
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user")
     memberships: Mapped[list[GroupMember]] = relationship(
@@ -66,6 +72,23 @@ class User(Base):
     def groups(self) -> list[str]:
         """Names of the groups the user belongs to."""
         return [m.group for m in self.memberships]
+
+
+class Course(Base):
+    """A class of participants sharing datasets, a quota and an end date."""
+
+    __tablename__ = "courses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    datasets: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    quota: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None]
+
+    owner: Mapped[User] = relationship(foreign_keys=[owner_id])
 
 
 class GroupMember(Base):

@@ -271,3 +271,51 @@ def count_active(session: Session) -> int:
 def live_job_ids(session: Session) -> set[str]:
     """Ids of jobs that are not finished."""
     return set(session.scalars(select(Job.id).where(Job.finished_at.is_(None))).all())
+
+
+# -- quotas and fair share --------------------------------------------------------------------
+
+
+def usage_by_owner(
+    session: Session, owner_ids: Sequence[int] | None = None, since: datetime | None = None
+) -> dict[int, tuple[int, int, float, int]]:
+    """Per owner: jobs running now, their Dask workers, core-seconds used in all, and jobs
+    admitted (no longer queued) that were submitted after ``since``."""
+    usage: dict[int, list[float]] = {}
+    active = select(Job.owner_id, Job.spec).where(Job.state.in_([s.value for s in ACTIVE]))
+    used = select(Job.owner_id, func.coalesce(func.sum(Job.core_seconds), 0.0)).group_by(
+        Job.owner_id
+    )
+    recent = (
+        select(Job.owner_id, func.count())
+        .where(Job.state != JobState.QUEUED.value)
+        .group_by(Job.owner_id)
+    )
+    if since is not None:
+        recent = recent.where(Job.created_at >= since)
+    if owner_ids is not None:
+        active = active.where(Job.owner_id.in_(owner_ids))
+        used = used.where(Job.owner_id.in_(owner_ids))
+        recent = recent.where(Job.owner_id.in_(owner_ids))
+    for owner_id, spec in session.execute(active):
+        entry = usage.setdefault(owner_id, [0, 0, 0.0, 0])
+        entry[0] += 1
+        entry[1] += int((spec or {}).get("resources", {}).get("workers", 1))
+    for owner_id, seconds in session.execute(used):
+        usage.setdefault(owner_id, [0, 0, 0.0, 0])[2] = float(seconds or 0.0)
+    for owner_id, count in session.execute(recent):
+        usage.setdefault(owner_id, [0, 0, 0.0, 0])[3] = int(count)
+    return {k: (int(v[0]), int(v[1]), float(v[2]), int(v[3])) for k, v in usage.items()}
+
+
+def queued_candidates(session: Session, limit: int) -> list[Job]:
+    """Lock up to ``limit`` queued jobs, oldest first, skipping rows others hold."""
+    return list(
+        session.scalars(
+            select(Job)
+            .where(Job.state == JobState.QUEUED.value)
+            .order_by(Job.created_at, Job.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+    )

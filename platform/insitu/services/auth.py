@@ -62,6 +62,9 @@ def authenticate(session: Session, token: str | None) -> User:
     user = queries.user_by_token_hash(session, hash_token(token))
     if user is None:
         raise AuthenticationFailed("the API token is unknown or revoked; ask for a new one")
+    from insitu.services.quotas import check_access_period
+
+    check_access_period(user)
     return user
 
 

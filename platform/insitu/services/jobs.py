@@ -17,7 +17,7 @@ from insitu.db import queries
 from insitu.db.models import Job, User
 from insitu.errors import Conflict, InvalidInput, NotFound
 from insitu.runtime.workspace import CODE_FILE, JOB_FILE, JobInput
-from insitu.services import access
+from insitu.services import access, quotas
 from insitu.services.bundles import BundleStore
 from insitu.services.datasets import info_of
 from insitu.spec import JobSpec, load_spec
@@ -70,6 +70,9 @@ def submit(
     """Validate a spec against the catalog (and its image against the backend); queue it."""
     spec = load_spec(raw_spec)
     check_resources(spec, settings)
+    counts = queries.usage_by_owner(session, [owner.id]).get(owner.id, (0, 0, 0.0, 0))
+    usage = quotas.Usage(*counts)
+    quotas.check_submit(owner, spec.resources.workers, usage)
     dataset = queries.dataset_by_name(session, spec.dataset)
     access.require_read(session, owner, dataset)
     info = info_of(dataset)
@@ -81,7 +84,9 @@ def submit(
 
     job_id = new_job_id()
     workspace_url = f"{settings.resolved_workspace_url}/{job_id}"
-    cap = min(spec.limits.max_result_bytes, settings.limits.max_result_bytes)
+    cap = quotas.result_cap(
+        owner, min(spec.limits.max_result_bytes, settings.limits.max_result_bytes)
+    )
     job = Job(
         id=job_id,
         name=spec.display_name(),
