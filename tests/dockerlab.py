@@ -73,7 +73,7 @@ def no_python_image(client: Any) -> str:
 def job_containers(client: Any, job_id: str | None = None) -> list[Any]:
     """Containers of one job (or of every insitu job) on the engine, stopped ones included."""
     label = f"{LABEL_JOB}={job_id}" if job_id else LABEL_JOB
-    return list(client.containers.list(all=True, filters={"label": label}))
+    return list(client.containers.list(all=True, filters={"label": label}, ignore_removed=True))
 
 
 def prune_test_images(client: Any) -> None:

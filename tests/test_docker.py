@@ -135,7 +135,7 @@ def nothing_left_behind(engine: Any) -> Iterator[None]:
     networks = {n.name for n in engine.networks.list()}
     yield
     dockerlab.prune_test_images(engine)
-    assert dockerlab.job_containers(engine) == []
+    assert wait_for(lambda: dockerlab.job_containers(engine) == [], 30)
     assert {v.name for v in engine.volumes.list()} <= volumes
     assert {n.name for n in engine.networks.list()} == networks
 
@@ -214,10 +214,16 @@ def test_a_job_runs_in_its_image_with_its_digest_in_the_provenance(
     assert provenance["image_digest"].startswith("sha256:")
     assert provenance["environment"]["python"].startswith("3.11")
 
-    log = docker_server.log_text(job["id"])
+    # The runner's last line comes after the job has ended: its log keeps it.
+    log = wait_for(
+        lambda: (
+            (text := docker_server.log_text(job["id"])) and "succeeded: scanned" in text and text
+        ),
+        20,
+        0.2,
+    )
     for role in ("[runner]", "[scheduler]", "[worker-0]", "[worker-1]"):
         assert role in log, f"{role} missing from the job's log"
-    assert "succeeded" in log
     # Everything the job ran is gone: containers, the store relay and its socket.
     assert wait_for(lambda: _gone(engine, job["id"]), 15)
     backend = DockerBackend(docker_settings)

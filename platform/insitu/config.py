@@ -104,6 +104,19 @@ class LocalBackendSettings(BaseModel):
     worker_processes: bool = Field(
         True, description="Run Dask workers as separate processes (False: threads in the runner)."
     )
+    warm_pool_workers: int = Field(
+        0,
+        ge=0,
+        description="Dask workers kept warm for small jobs (0: no warm pool). Small jobs start "
+        "in well under a second on them (for courses).",
+    )
+    warm_pool_threads: int = Field(1, ge=1, description="Threads of each warm worker.")
+    warm_pool_memory: ByteSize = Field(
+        parse_size("2GiB"), description="Memory of each warm worker."
+    )
+    warm_pool_max_workers: int = Field(
+        1, ge=1, description="Jobs asking for at most this many workers use the warm pool."
+    )
 
 
 class DockerBackendSettings(BaseModel):

@@ -194,6 +194,7 @@ class Dispatcher:
                 env=await asyncio.to_thread(self._environment, job),
                 dataset_url=await asyncio.to_thread(self._dataset_url, job.id),
                 tenant=await asyncio.to_thread(self._tenant, job.id),
+                has_code=bool(job.code_bundle_digest),
             )
             handle = await self.backend.start(request)
         except Exception as exc:

@@ -52,6 +52,7 @@ class LaunchRequest:
     env: dict[str, str] = field(default_factory=dict)
     dataset_url: str | None = None
     tenant: str = "default"  # whose quota and namespace the job runs under
+    has_code: bool = False  # an uploaded code bundle (never run on shared workers)
 
 
 class BackendPhase(str, Enum):

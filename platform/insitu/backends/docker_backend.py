@@ -46,6 +46,7 @@ from insitu.images import ImageInfo, docker_client, inspect_image
 from insitu.units import format_size
 
 RELAY_START_TIMEOUT = 10.0
+REAP_GRACE = 10.0  # seconds a finished runner gets to log its last lines and exit
 ROOT_FALLBACK_USER = "10001:10001"
 _ORDER = {"gateway": 0, "scheduler": 1, "worker": 2, "runner": 3}
 
@@ -82,6 +83,7 @@ class DockerBackend(Backend):
         self._images: dict[str, ImageInfo] = {}
         self._log_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._reapers: dict[str, threading.Thread] = {}
 
     # -- the engine, the user, the images ---------------------------------------------------
 
@@ -422,12 +424,32 @@ class DockerBackend(Backend):
         with self._lock:
             self._log_locks.pop(handle.job_id, None)
 
+    def _reap(self, handle: JobHandle) -> None:
+        """Let a finished runner log its last lines and exit, then remove everything."""
+        for container in self._job_containers(handle.job_id):
+            if container["Labels"].get(LABEL_COMPONENT) == "runner":
+                with contextlib.suppress(Exception):
+                    self.client.api.wait(container["Id"], timeout=REAP_GRACE)
+        try:
+            self._cleanup(handle)
+        finally:
+            with self._lock:
+                self._reapers.pop(handle.job_id, None)
+
     async def cancel(self, handle: JobHandle, grace: float = 5.0) -> None:
         await asyncio.to_thread(self._stop, handle.job_id, grace)
         await self.cleanup(handle)
 
     async def cleanup(self, handle: JobHandle) -> None:
-        await asyncio.to_thread(self._cleanup, handle)
+        """Remove the job's containers in the background; the job is over already."""
+        with self._lock:
+            if handle.job_id in self._reapers:
+                return
+            reaper = threading.Thread(
+                target=self._reap, args=(handle,), name=f"reap-{handle.job_id}", daemon=True
+            )
+            self._reapers[handle.job_id] = reaper
+        reaper.start()
 
     def _orphans(self, live_job_ids: set[str]) -> list[str]:
         containers = self.client.api.containers(
@@ -458,7 +480,15 @@ class DockerBackend(Backend):
     async def cleanup_orphans(self, live_job_ids: set[str]) -> list[str]:
         return await asyncio.to_thread(self._orphans, live_job_ids)
 
+    def _join_reapers(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            reapers = list(self._reapers.values())
+        for reaper in reapers:
+            reaper.join(max(0.0, deadline - time.monotonic()))
+
     async def close(self) -> None:
+        await asyncio.to_thread(self._join_reapers, REAP_GRACE + 20)
         with self._lock:
             client, self._client = self._client, None
         if client is not None:

@@ -7,6 +7,7 @@ environment, in its own session so that cancelling kills its workers too.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -21,9 +22,11 @@ from typing import Any
 import psutil
 
 from insitu.backends.base import Backend, BackendPhase, BackendStatus, JobHandle, LaunchRequest
+from insitu.backends.warm_pool import WarmPool, pool_environment
 from insitu.config import Settings
 from insitu.errors import BackendError
 
+log = logging.getLogger("insitu.backends.local")
 REAP_GRACE = 10.0  # seconds a finished runner gets to stop its cluster before it is killed
 _PRIVATE_PREFIXES = ("AWS_", "INSITU_STORAGE__", "INSITU_DATABASE_URL", "INSITU_TOKEN")
 
@@ -43,6 +46,12 @@ class LocalBackend(Backend):
         self.log_dir = settings.home / "logs"
         self.host = socket.gethostname()
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self.pool: WarmPool | None = None
+        if settings.local.warm_pool_workers > 0:
+            self.pool = WarmPool(
+                settings, pool_environment(runner_environment(os.environ), settings.home)
+            )
+            self.pool.start()
 
     def log_path(self, job_id: str) -> Path:
         """Where a job's runner output is written."""
@@ -60,11 +69,19 @@ class LocalBackend(Backend):
             "INSITU_JOB_ID": request.job_id,
             "INSITU_RUNNER_HOME": str(self.settings.home),
         }
-        with open(self.log_path(request.job_id), "ab") as log:
+        if self.pool is not None:
+            try:
+                pid = self.pool.launch(request, self.log_path(request.job_id), env)
+            except (OSError, RuntimeError) as exc:  # the pool is sick: run the usual way
+                log.warning("warm pool could not take job %s: %s", request.job_id, exc)
+                pid = None
+            if pid is not None:
+                return self._handle(request.job_id, pid)
+        with open(self.log_path(request.job_id), "ab") as log_file:
             try:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "insitu.runtime", request.workspace_url],
-                    stdout=log,
+                    stdout=log_file,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,
@@ -189,6 +206,8 @@ class LocalBackend(Backend):
         return killed
 
     async def close(self) -> None:
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.stop)
         for job_id in list(self._children):
             child = self._children.pop(job_id)
             if child.poll() is not None:

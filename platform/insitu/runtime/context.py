@@ -62,7 +62,9 @@ class RunContext:
                 f"open_array({path!r}): only arrays inside dataset {self.dataset!r} can be "
                 "opened, by a relative path such as 'labels/cells/0'"
             )
-        store = CountingStore(open_store(self._dataset_url, storage_options=self._storage_options))
+        store = CountingStore(
+            open_store(self._dataset_url, storage_options=self._storage_options), self.job_id
+        )
         try:
             array = zarr.open_array(store=store, path=str(relative), mode="r")
         except (FileNotFoundError, KeyError):

@@ -1,6 +1,7 @@
 """Count the bytes and chunks a job reads, in whichever process reads them.
 
-Each worker process keeps its own counters; the runner sums them over the cluster.
+Each worker process keeps its own counters, one set per job (workers of a warm pool serve
+several jobs at once); the runner sums its job's counters over the cluster.
 """
 
 from __future__ import annotations
@@ -15,29 +16,37 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import WrapperStore
 
 _lock = threading.Lock()
-_counts = {"bytes": 0, "chunks": 0}
+_counts: dict[str, dict[str, int]] = {}
 # Pids repeat across containers (every worker may be pid 1): a process is its pid plus a
 # token drawn when this module was imported.
 _TOKEN = uuid.uuid4().hex
 
 
-def add(nbytes: int = 0, chunks: int = 0) -> None:
-    """Record bytes fetched from the store, or blocks delivered to the analysis."""
+def add(nbytes: int = 0, chunks: int = 0, job: str = "") -> None:
+    """Record bytes fetched from the store, or blocks delivered to the analysis, for a job."""
     with _lock:
-        _counts["bytes"] += nbytes
-        _counts["chunks"] += chunks
+        counts = _counts.setdefault(job, {"bytes": 0, "chunks": 0})
+        counts["bytes"] += nbytes
+        counts["chunks"] += chunks
 
 
-def reset() -> None:
-    """Start counting from zero (a new job on this worker)."""
+def reset(job: str = "") -> None:
+    """Start counting a job from zero."""
     with _lock:
-        _counts.update(bytes=0, chunks=0)
+        _counts[job] = {"bytes": 0, "chunks": 0}
 
 
-def snapshot() -> dict[str, Any]:
-    """This process' counters, tagged with who it is so that threads are not counted twice."""
+def forget(job: str = "") -> None:
+    """Drop a finished job's counters (a long-lived worker serves many jobs)."""
     with _lock:
-        return {**_counts, "pid": os.getpid(), "process": _TOKEN}
+        _counts.pop(job, None)
+
+
+def snapshot(job: str = "") -> dict[str, Any]:
+    """This process' counters of a job, tagged with who it is so threads count once."""
+    with _lock:
+        counts = _counts.get(job, {"bytes": 0, "chunks": 0})
+        return {**counts, "pid": os.getpid(), "process": _TOKEN}
 
 
 def total(snapshots: Any) -> dict[str, int]:
@@ -50,22 +59,29 @@ def total(snapshots: Any) -> dict[str, int]:
 
 
 class CountingStore(WrapperStore[Store]):
-    """A read-through store that counts the bytes every ``get`` returns."""
+    """A read-through store that counts the bytes every ``get`` returns, for one job."""
+
+    def __init__(self, store: Store, job: str = "") -> None:
+        super().__init__(store)
+        self.job = job
+
+    def _with_store(self, store: Store) -> CountingStore:
+        return CountingStore(store, self.job)
 
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
         buffer = await self._store.get(key, prototype, byte_range)
         if buffer is not None:
-            add(nbytes=len(buffer))
+            add(nbytes=len(buffer), job=self.job)
         return buffer
 
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Any
     ) -> list[Buffer | None]:
         buffers = await self._store.get_partial_values(prototype, key_ranges)
-        add(nbytes=sum(len(b) for b in buffers if b is not None))
+        add(nbytes=sum(len(b) for b in buffers if b is not None), job=self.job)
         return buffers
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (CountingStore, (self._store,))
+        return (CountingStore, (self._store, self.job))

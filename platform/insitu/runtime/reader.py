@@ -19,8 +19,9 @@ class BlockReader:
     Dask pickles this object to the workers; each worker opens the store itself.
     """
 
-    def __init__(self, array: Any, ranges: list[tuple[int, int]]) -> None:
+    def __init__(self, array: Any, ranges: list[tuple[int, int]], job: str = "") -> None:
         self.array = array
+        self.job = job
         self.offsets = [start for start, _ in ranges]
         self.shape = tuple(stop - start for start, stop in ranges)
         self.dtype = array.dtype
@@ -32,13 +33,15 @@ class BlockReader:
         )
         block = self.array[shifted]
         if block.size:
-            metering.add(chunks=1)
+            metering.add(chunks=1, job=self.job)
         return np.asarray(block)
 
 
-def open_array(url: str, info: ArrayInfo, storage_options: dict[str, Any] | None = None) -> Any:
-    """The zarr array behind ``info``, through a store that counts bytes read."""
-    store = metering.CountingStore(open_store(url, storage_options=storage_options))
+def open_array(
+    url: str, info: ArrayInfo, storage_options: dict[str, Any] | None = None, job: str = ""
+) -> Any:
+    """The zarr array behind ``info``, through a store that counts the bytes a job reads."""
+    store = metering.CountingStore(open_store(url, storage_options=storage_options), job)
     return zarr.open_array(store=store, path=info.path, mode="r")
 
 
@@ -47,14 +50,15 @@ def open_selection(
     info: ArrayInfo,
     ranges: list[tuple[int, int]],
     storage_options: dict[str, Any] | None = None,
+    job: str = "",
 ) -> da.Array:
     """A lazy dask array of the selection, one block per stored chunk (or shard)."""
-    array = open_array(url, info, storage_options)
+    array = open_array(url, info, storage_options, job)
     chunks = tuple(
         chunk_boundaries(start, stop, size)
         for (start, stop), size in zip(ranges, info.read_chunks, strict=True)
     )
-    reader = BlockReader(array, ranges)
+    reader = BlockReader(array, ranges, job)
     return da.from_array(
         reader, chunks=chunks, asarray=False, fancy=False, lock=False, name=f"read-{info.path}"
     )

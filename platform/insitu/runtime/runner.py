@@ -5,6 +5,7 @@ Usage inside any backend: ``python -m insitu.runtime WORKSPACE_URL [--scheduler 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -83,16 +84,17 @@ def _user_frame(exc: BaseException) -> str:
 class ProgressReporter:
     """Writes chunks done and bytes read to ``status.json`` while the job computes."""
 
-    def __init__(self, workspace: Workspace, client: Any, chunks_total: int) -> None:
+    def __init__(self, workspace: Workspace, client: Any, chunks_total: int, job: str = "") -> None:
         self.workspace, self.client, self.chunks_total = workspace, client, chunks_total
+        self.job = job
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="insitu-progress", daemon=True)
 
     def counts(self) -> dict[str, int]:
         """Bytes and chunks read so far, over the whole cluster."""
-        snapshots = [metering.snapshot()]
+        snapshots = [metering.snapshot(self.job)]
         if self.client is not None:
-            snapshots += list(self.client.run(metering.snapshot).values())
+            snapshots += list(self.client.run(metering.snapshot, self.job).values())
         return metering.total(snapshots)
 
     def write(self, phase: str = "running") -> dict[str, int]:
@@ -251,6 +253,7 @@ def run_job(
     )
     with ExitStack() as stack:
         reporter: ProgressReporter | None = None
+        client: Any = None
         try:
             code = workspace.read_bytes(CODE_FILE) if job.code_bundle_digest else None
             if code is not None:
@@ -271,10 +274,12 @@ def run_job(
                 wait_workers=wait_workers,
                 wait_timeout=wait_timeout,
             )
-            client.run(metering.reset)
+            client.run(metering.reset, job.job_id)
             timings["cluster_start_s"] = time.perf_counter() - started
             cluster_up = time.perf_counter()
-            data = open_selection(job.dataset_url, job.array, job.ranges, job.storage_options)
+            data = open_selection(
+                job.dataset_url, job.array, job.ranges, job.storage_options, job.job_id
+            )
             outcome.bytes_selected = int(data.nbytes)
             context = RunContext(
                 job_id=job.job_id,
@@ -296,7 +301,9 @@ def run_job(
                 data.npartitions,
                 cores,
             )
-            reporter = stack.enter_context(ProgressReporter(workspace, client, data.npartitions))
+            reporter = stack.enter_context(
+                ProgressReporter(workspace, client, data.npartitions, job.job_id)
+            )
             timings["open_s"] = time.perf_counter() - cluster_up
             analysis_start = time.perf_counter()
             try:
@@ -363,6 +370,9 @@ def run_job(
             workspace.write_json(f"{RESULTS_DIR}/{PROVENANCE_FILE}", provenance)
         total = reporter.chunks_total if reporter is not None else 0
         finish(workspace, outcome, total)  # before the cluster winds down: the job is over now
+        if client is not None:  # shared (warm) workers keep no counters of ended jobs
+            with contextlib.suppress(Exception):
+                client.run(metering.forget, job.job_id)
     return outcome
 
 
