@@ -110,7 +110,7 @@ class LocalBackendSettings(BaseModel):
         description="Dask workers kept warm for small jobs (0: no warm pool). Small jobs start "
         "in well under a second on them (for courses).",
     )
-    warm_pool_threads: int = Field(1, ge=1, description="Threads of each warm worker.")
+    warm_pool_threads: int = Field(2, ge=1, description="Threads of each warm worker.")
     warm_pool_memory: ByteSize = Field(
         parse_size("2GiB"), description="Memory of each warm worker."
     )

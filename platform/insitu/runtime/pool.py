@@ -95,7 +95,8 @@ def _run_child(request: dict[str, Any]) -> None:
         os.chdir(os.path.dirname(request["log"]))
         from insitu.runtime.runner import main
 
-        print(f"insitu: a warm-pool runner (zygote {os.getppid()}) on {request['scheduler']}")
+        banner = f"insitu: a warm-pool runner (zygote {os.getppid()}) on {request['scheduler']}\n"
+        os.write(1, banner.encode())
         code = main([request["workspace"], "--scheduler", request["scheduler"]])
     except BaseException as exc:  # report anything, then leave without the parent's cleanup
         with contextlib.suppress(Exception):

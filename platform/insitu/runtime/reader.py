@@ -7,6 +7,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import zarr
+from dask.base import tokenize
 
 from insitu.catalog import ArrayInfo, chunk_boundaries
 from insitu.runtime import metering
@@ -59,6 +60,7 @@ def open_selection(
         for (start, stop), size in zip(ranges, info.read_chunks, strict=True)
     )
     reader = BlockReader(array, ranges, job)
-    return da.from_array(
-        reader, chunks=chunks, asarray=False, fancy=False, lock=False, name=f"read-{info.path}"
-    )
+    # Keys name the job and the selection: on a shared scheduler (a warm pool), another
+    # job's blocks must never stand in for this one's.
+    name = f"read-{info.path}-{tokenize(url, info.path, ranges, job)}"
+    return da.from_array(reader, chunks=chunks, asarray=False, fancy=False, lock=False, name=name)
