@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_before_after
+import bench_course_load
 import bench_docker
 import bench_proximal
 import bench_readers
@@ -38,6 +39,7 @@ BENCHMARKS: list[tuple[str, Any, list[str]]] = [
     ("before_after", bench_before_after, ["--before", BEFORE_FIX]),
     ("data_proximal", bench_proximal, []),
     ("docker_backend", bench_docker, []),
+    ("course_load", bench_course_load, []),
 ]
 INTRO = """# Benchmarks
 

@@ -1,0 +1,336 @@
+"""A course's load: 60 participants each submit 10 small jobs at once, on SQLite and PostgreSQL.
+
+One insitu server (local backend with its warm pool, the dispatcher running up to
+``--slots`` jobs at once) and a course made with the course API: every participant has
+a token and a quota of 2 running jobs. Every participant is a thread with its own
+client: it submits its 10 jobs as fast as it can, then polls them until they end. From
+the clients: submit and status latencies; from the jobs' persisted events: time from
+submit to running and to the end; per participant: when their last job ended. Checked:
+every job ran once and succeeded, none was lost or duplicated.
+
+    .venv/bin/python tests/benchmarks/bench_course_load.py [--participants 60 --jobs 10] [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import common
+import numpy as np
+import zarr
+from common import machine
+
+from insitu.client import Client
+from insitu.config import Settings
+from insitu.server import BackgroundServer
+
+BENCHMARK = "course_load"
+ROOT = Path(__file__).resolve().parents[2]
+POSTGRES_ADMIN_URL = os.environ.get(
+    "INSITU_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+MEAN = "ophys_analyses.projection:mean_projection"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return float(ordered[index])
+
+
+@contextmanager
+def database(kind: str, home: Path) -> Iterator[str]:
+    """A fresh database URL of ``kind`` (sqlite or postgres), removed afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite:///{home / 'insitu.db'}"
+        return
+    from sqlalchemy import create_engine, text
+
+    name = f"insitu_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def small_movie(path: Path) -> Path:
+    """A small 2p movie: each job reads 2 MB in 8 chunks."""
+    if not path.exists():
+        data = np.random.default_rng(3).integers(0, 4000, (128, 64, 64), dtype=np.uint16)
+        array = zarr.create_array(
+            path, shape=data.shape, chunks=(16, 64, 64), dtype="uint16",
+            dimension_names=["t", "y", "x"],
+        )  # fmt: skip
+        array[:] = data
+    return path
+
+
+class Participant(threading.Thread):
+    """Submits its jobs at once, then follows them to their end."""
+
+    def __init__(self, url: str, user: str, token: str, jobs: int, start: threading.Event):
+        super().__init__(name=f"participant-{user}", daemon=True)
+        self.url, self.user, self.token, self.jobs, self.start_signal = (
+            url,
+            user,
+            token,
+            jobs,
+            start,
+        )
+        self.submit_s: list[float] = []
+        self.status_s: list[float] = []
+        self.job_ids: list[str] = []
+        self.finished_at: float | None = None
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        spec = {
+            "dataset": "course/movie",
+            "analysis": {"entrypoint": MEAN},
+            "resources": {"workers": 1},
+        }
+        with Client(self.url, self.token) as api:
+            self.start_signal.wait()
+            for _ in range(self.jobs):
+                started = time.perf_counter()
+                try:
+                    self.job_ids.append(api.submit(spec)["id"])
+                except Exception as exc:
+                    self.errors.append(f"submit: {exc}")
+                self.submit_s.append(time.perf_counter() - started)
+            pending = set(self.job_ids)
+            while pending:
+                for job_id in list(pending):
+                    started = time.perf_counter()
+                    job = api.job(job_id)
+                    self.status_s.append(time.perf_counter() - started)
+                    if job["state"] in ("succeeded", "failed", "cancelled", "timed_out"):
+                        pending.discard(job_id)
+                        if job["state"] != "succeeded":
+                            self.errors.append(f"{job_id} {job['state']}: {job['error']}")
+                time.sleep(0.5)
+            self.finished_at = time.perf_counter()
+
+
+def run_one(kind: str, home: Path, participants: int, jobs: int, slots: int) -> dict[str, Any]:
+    """The load on one database; its figures."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT / "examples" / "ophys"), os.environ.get("PYTHONPATH", "")]
+    )
+    movie = small_movie(common.CACHE / "course-movie.zarr")
+    home.mkdir(parents=True, exist_ok=True)
+    with database(kind, home) as url:
+        settings = Settings(
+            home=home,
+            database_url=url,
+            server={"port": 0},  # type: ignore[arg-type]
+            dispatcher={"max_running_jobs": slots, "poll_interval": 0.1},  # type: ignore[arg-type]
+            local={"warm_pool_workers": 2, "warm_pool_threads": 2},  # type: ignore[arg-type]
+        )
+        server = BackgroundServer(settings).start()
+        try:
+            admin = Client(server.url, settings.admin_token_path.read_text().strip())
+            admin.register_dataset("course/movie", str(movie))
+            roster = [
+                {"name": f"Participant {i}", "email": f"p{i:02d}@course.example"}
+                for i in range(participants)
+            ]
+            course = admin.create_course(
+                "load-test", roster, datasets=["course/movie"], quota="jobs=2,workers=2"
+            )
+            pool = settings.home / "pool"
+            deadline = time.monotonic() + 60
+            while not (pool / "zygote.sock").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            go = threading.Event()
+            threads = [
+                Participant(server.url, p["user"], p["token"], jobs, go) for p in course["created"]
+            ]
+            for thread in threads:
+                thread.start()
+            began = time.perf_counter()
+            go.set()
+            for thread in threads:
+                thread.join(timeout=3600)
+            wall = time.perf_counter() - began
+            everything = admin.jobs(all_users=True, limit=1000)
+            events = {j["id"]: admin.events(j["id"]) for j in everything}
+            admin.close()
+        finally:
+            server.stop()
+    submitted = [j for t in threads for j in t.job_ids]
+    starts, admits, ends = [], [], []
+    for job_events in events.values():
+        at = {}
+        for event in job_events:
+            at.setdefault(event["to_state"], []).append(
+                datetime.fromisoformat(event["at"].replace("Z", "+00:00"))
+            )
+        if "running" in at:
+            starts.append((at["running"][0] - at["queued"][0]).total_seconds())
+            admits.append((at["running"][0] - at["admitted"][0]).total_seconds())
+        if "succeeded" in at:
+            ends.append((at["succeeded"][0] - at["queued"][0]).total_seconds())
+    ran_twice = [j for j, ev in events.items() if sum(e["to_state"] == "running" for e in ev) > 1]
+    finished = [t.finished_at - began for t in threads if t.finished_at is not None]
+    submit_ms = [s * 1000 for t in threads for s in t.submit_s]
+    status_ms = [s * 1000 for t in threads for s in t.status_s]
+    return {
+        "database": kind,
+        "participants": participants,
+        "jobs_per_participant": jobs,
+        "slots": slots,
+        "wall_s": round(wall, 1),
+        "submitted": len(submitted),
+        "distinct_ids": len(set(submitted)),
+        "in_database": len(everything),
+        "succeeded": sum(1 for j in everything if j["state"] == "succeeded"),
+        "ran_more_than_once": len(ran_twice),
+        "errors": [e for t in threads for e in t.errors][:10],
+        "submit_ms": {
+            "p50": round(percentile(submit_ms, 50), 1),
+            "p99": round(percentile(submit_ms, 99), 1),
+        },
+        "status_ms": {
+            "p50": round(percentile(status_ms, 50), 1),
+            "p99": round(percentile(status_ms, 99), 1),
+        },
+        "submit_to_running_s": {
+            "p50": round(percentile(starts, 50), 2),
+            "p99": round(percentile(starts, 99), 2),
+        },
+        "admitted_to_running_s": {
+            "p50": round(percentile(admits, 50), 2),
+            "p99": round(percentile(admits, 99), 2),
+        },
+        "submit_to_succeeded_s": {
+            "p50": round(percentile(ends, 50), 2),
+            "p99": round(percentile(ends, 99), 2),
+        },
+        "participant_done_s": {
+            "fastest": round(min(finished), 1) if finished else None,
+            "slowest": round(max(finished), 1) if finished else None,
+            "median": round(statistics.median(finished), 1) if finished else None,
+        },
+        "fairness_slowest_over_fastest": round(max(finished) / min(finished), 2)
+        if finished
+        else None,
+        "jobs_per_minute": round(len(ends) / wall * 60, 1) if wall else None,
+    }
+
+
+def run(home: Path, participants: int, jobs: int, slots: int, kinds: list[str]) -> dict[str, Any]:
+    figures = {kind: run_one(kind, home / kind, participants, jobs, slots) for kind in kinds}
+    return {
+        "title": "A course's load: many participants submitting at once",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "method": (
+            f"{participants} participants (course API, quota jobs=2,workers=2) each submit "
+            f"{jobs} small jobs at once (a mean projection reading 2 MB in 8 chunks) from their "
+            f"own thread and client, then poll them every 0.5 s; one server, local backend "
+            f"with a warm pool of 2 workers x 2 threads, at most {slots} jobs running; "
+            "latencies from the clients, phases from the jobs' persisted events"
+        ),
+        "figures": figures,
+        "goals": [
+            {
+                "goal": f"60 participants: nothing lost or duplicated ({kind})",
+                "target": "all jobs succeed once",
+                "measured": f"{f['succeeded']}/{f['submitted']} succeeded, "
+                f"{f['ran_more_than_once']} ran twice",
+                "met": f["succeeded"] == f["submitted"] == f["distinct_ids"] == f["in_database"]
+                and f["ran_more_than_once"] == 0,
+            }
+            for kind, f in figures.items()
+        ],
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    """The Markdown section of ``docs/benchmarks.md``."""
+    rows = []
+    labels = {
+        "submit_ms": "submit latency (ms)",
+        "status_ms": "status request latency (ms)",
+        "submit_to_running_s": "submit to running (s)",
+        "admitted_to_running_s": "admitted to running (s), the warm start",
+        "submit_to_succeeded_s": "submit to succeeded (s)",
+    }
+    kinds = list(result["figures"])
+    for key, label in labels.items():
+        cells = [
+            f"{result['figures'][k][key]['p50']} / {result['figures'][k][key]['p99']}"
+            for k in kinds
+        ]
+        rows.append(f"| {label}, p50 / p99 | " + " | ".join(cells) + " |")
+    for key, label in (
+        ("wall_s", "wall time for all jobs (s)"),
+        ("jobs_per_minute", "jobs per minute"),
+        ("fairness_slowest_over_fastest", "fairness: slowest / fastest participant done"),
+    ):
+        rows.append(
+            f"| {label} | " + " | ".join(str(result["figures"][k][key]) for k in kinds) + " |"
+        )
+    rows.append(
+        "| completions (succeeded / submitted, ran twice) | "
+        + " | ".join(
+            f"{result['figures'][k]['succeeded']} / {result['figures'][k]['submitted']}, "
+            f"{result['figures'][k]['ran_more_than_once']}"
+            for k in kinds
+        )
+        + " |"
+    )
+    return "\n".join(
+        [
+            "## A course's load",
+            "",
+            f"Method: {result['method']}.",
+            "",
+            "| figure | " + " | ".join(kinds) + " |",
+            "|---|" + "---:|" * len(kinds),
+            *rows,
+            "",
+            "Submit to running includes the wait in the queue, which is the point of a load "
+            "test: 600 jobs share a few slots. Admitted to running is the start of one job once "
+            "it has its slot, on the warm pool.",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--participants", type=int, default=60)
+    parser.add_argument("--jobs", type=int, default=10, help="jobs per participant")
+    parser.add_argument("--slots", type=int, default=8, help="jobs running at once")
+    parser.add_argument("--database", action="append", choices=["sqlite", "postgres"])
+    parser.add_argument("--record", action="store_true", help="write docs/benchmarks.json")
+    args = parser.parse_args(argv)
+    with common.scratch() as home:
+        result = run(
+            home, args.participants, args.jobs, args.slots, args.database or ["sqlite", "postgres"]
+        )
+    common.publish(BENCHMARK, result, args.record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
