@@ -130,6 +130,20 @@ class Participant(threading.Thread):
             self.finished_at = time.perf_counter()
 
 
+def warm_starts(api: Client, repeats: int) -> list[float]:
+    """Submit to running of single jobs on an idle server with a warm pool, one at a time."""
+    seconds = []
+    spec = {"dataset": "course/movie", "analysis": {"entrypoint": MEAN}}
+    for _ in range(repeats):
+        job = api.wait(api.submit(spec)["id"], timeout=120)
+        at = {e["to_state"]: e["at"] for e in api.events(job["id"])}
+        if "running" in at:
+            start = datetime.fromisoformat(at["queued"].replace("Z", "+00:00"))
+            end = datetime.fromisoformat(at["running"].replace("Z", "+00:00"))
+            seconds.append((end - start).total_seconds())
+    return seconds
+
+
 def run_one(kind: str, home: Path, participants: int, jobs: int, slots: int) -> dict[str, Any]:
     """The load on one database; its figures."""
     os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -160,6 +174,7 @@ def run_one(kind: str, home: Path, participants: int, jobs: int, slots: int) -> 
             deadline = time.monotonic() + 60
             while not (pool / "zygote.sock").exists() and time.monotonic() < deadline:
                 time.sleep(0.1)
+            idle = warm_starts(admin, repeats=5)
             go = threading.Event()
             threads = [
                 Participant(server.url, p["user"], p["token"], jobs, go) for p in course["created"]
@@ -177,6 +192,9 @@ def run_one(kind: str, home: Path, participants: int, jobs: int, slots: int) -> 
         finally:
             server.stop()
     submitted = [j for t in threads for j in t.job_ids]
+    load_ids = set(submitted)
+    everything = [j for j in everything if j["id"] in load_ids]
+    events = {j: e for j, e in events.items() if j in load_ids}
     starts, admits, ends = [], [], []
     for job_events in events.values():
         at = {}
@@ -199,6 +217,10 @@ def run_one(kind: str, home: Path, participants: int, jobs: int, slots: int) -> 
         "jobs_per_participant": jobs,
         "slots": slots,
         "wall_s": round(wall, 1),
+        "idle_warm_submit_to_running_s": {
+            "median": round(statistics.median(idle), 2) if idle else None,
+            "runs": [round(x, 2) for x in idle],
+        },
         "submitted": len(submitted),
         "distinct_ids": len(set(submitted)),
         "in_database": len(everything),
@@ -234,6 +256,8 @@ def run_one(kind: str, home: Path, participants: int, jobs: int, slots: int) -> 
         if finished
         else None,
         "jobs_per_minute": round(len(ends) / wall * 60, 1) if wall else None,
+        "p99_note": "latencies measured by the clients, on the same two cores as the server, "
+        "the dispatcher, the warm pool and the jobs",
     }
 
 
@@ -252,15 +276,38 @@ def run(home: Path, participants: int, jobs: int, slots: int, kinds: list[str]) 
         ),
         "figures": figures,
         "goals": [
-            {
-                "goal": f"60 participants: nothing lost or duplicated ({kind})",
-                "target": "all jobs succeed once",
-                "measured": f"{f['succeeded']}/{f['submitted']} succeeded, "
-                f"{f['ran_more_than_once']} ran twice",
-                "met": f["succeeded"] == f["submitted"] == f["distinct_ids"] == f["in_database"]
-                and f["ran_more_than_once"] == 0,
-            }
-            for kind, f in figures.items()
+            *(
+                {
+                    "goal": f"submit-to-running under 1 s on the local backend with a warm pool "
+                    f"({kind}, idle server, median)",
+                    "target": "< 1 s",
+                    "measured": f["idle_warm_submit_to_running_s"]["median"],
+                    "met": (f["idle_warm_submit_to_running_s"]["median"] or 99) < 1.0,
+                }
+                for kind, f in figures.items()
+            ),
+            *(
+                {
+                    "goal": f"API p99 under 50 ms with {participants} clients submitting at once "
+                    f"({kind}; submit p99, status p99)",
+                    "target": "< 50 ms",
+                    "measured": f"{f['submit_ms']['p99']} ms, {f['status_ms']['p99']} ms",
+                    "met": max(f["submit_ms"]["p99"], f["status_ms"]["p99"]) < 50,
+                }
+                for kind, f in figures.items()
+            ),
+            *(
+                {
+                    "goal": f"{participants} participants: nothing lost or duplicated ({kind})",
+                    "target": "all jobs succeed once",
+                    "measured": f"{f['succeeded']}/{f['submitted']} succeeded, "
+                    f"{f['ran_more_than_once']} ran twice",
+                    "met": f["succeeded"] == f["submitted"] == f["distinct_ids"]
+                    and f["submitted"] == f["in_database"]
+                    and f["ran_more_than_once"] == 0,
+                }
+                for kind, f in figures.items()
+            ),
         ],
     }
 
@@ -282,6 +329,13 @@ def report(result: dict[str, Any]) -> str:
             for k in kinds
         ]
         rows.append(f"| {label}, p50 / p99 | " + " | ".join(cells) + " |")
+    rows.append(
+        "| idle server, warm pool: submit to running (s), median | "
+        + " | ".join(
+            str(result["figures"][k]["idle_warm_submit_to_running_s"]["median"]) for k in kinds
+        )
+        + " |"
+    )
     for key, label in (
         ("wall_s", "wall time for all jobs (s)"),
         ("jobs_per_minute", "jobs per minute"),
