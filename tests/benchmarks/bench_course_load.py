@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -27,13 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import common
+import httpx
 import numpy as np
 import zarr
 from common import machine
 
 from insitu.client import Client
-from insitu.config import Settings
-from insitu.server import BackgroundServer
 
 BENCHMARK = "course_load"
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +51,49 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return float(ordered[index])
+
+
+@contextmanager
+def server_process(home: Path, database_url: str, slots: int) -> Iterator[str]:
+    """``insitu server`` in its own process (as in production); yields its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "INSITU_HOME": str(home),
+        "INSITU_DATABASE_URL": database_url,
+        "INSITU_DISPATCHER__MAX_RUNNING_JOBS": str(slots),
+        "INSITU_DISPATCHER__POLL_INTERVAL": "0.1",
+        "INSITU_LOCAL__WARM_POOL_WORKERS": "2",
+        "INSITU_LOCAL__WARM_POOL_THREADS": "2",
+    }
+    with open(home / "server.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "insitu.cli.main", "server", "--port", str(port),
+             "--log-level", "warning"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"insitu server did not start; see {home / 'server.log'}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @contextmanager
@@ -137,10 +182,10 @@ def warm_starts(api: Client, repeats: int) -> list[float]:
     for _ in range(repeats):
         job = api.wait(api.submit(spec)["id"], timeout=120)
         at = {e["to_state"]: e["at"] for e in api.events(job["id"])}
-        if "running" in at:
-            start = datetime.fromisoformat(at["queued"].replace("Z", "+00:00"))
-            end = datetime.fromisoformat(at["running"].replace("Z", "+00:00"))
-            seconds.append((end - start).total_seconds())
+        ran = at.get("running") or at.get(job["state"])  # ended before a pass saw it run
+        start = datetime.fromisoformat(at["queued"].replace("Z", "+00:00"))
+        end = datetime.fromisoformat(ran.replace("Z", "+00:00"))
+        seconds.append((end - start).total_seconds())
     return seconds
 
 
@@ -151,46 +196,32 @@ def run_one(kind: str, home: Path, participants: int, jobs: int, slots: int) -> 
     )
     movie = small_movie(common.CACHE / "course-movie.zarr")
     home.mkdir(parents=True, exist_ok=True)
-    with database(kind, home) as url:
-        settings = Settings(
-            home=home,
-            database_url=url,
-            server={"port": 0},  # type: ignore[arg-type]
-            dispatcher={"max_running_jobs": slots, "poll_interval": 0.1},  # type: ignore[arg-type]
-            local={"warm_pool_workers": 2, "warm_pool_threads": 2},  # type: ignore[arg-type]
+    with database(kind, home) as database_url, server_process(home, database_url, slots) as url:
+        admin = Client(url, (home / "admin-token").read_text().strip())
+        admin.register_dataset("course/movie", str(movie))
+        roster = [
+            {"name": f"Participant {i}", "email": f"p{i:02d}@course.example"}
+            for i in range(participants)
+        ]
+        course = admin.create_course(
+            "load-test", roster, datasets=["course/movie"], quota="jobs=2,workers=2"
         )
-        server = BackgroundServer(settings).start()
-        try:
-            admin = Client(server.url, settings.admin_token_path.read_text().strip())
-            admin.register_dataset("course/movie", str(movie))
-            roster = [
-                {"name": f"Participant {i}", "email": f"p{i:02d}@course.example"}
-                for i in range(participants)
-            ]
-            course = admin.create_course(
-                "load-test", roster, datasets=["course/movie"], quota="jobs=2,workers=2"
-            )
-            pool = settings.home / "pool"
-            deadline = time.monotonic() + 60
-            while not (pool / "zygote.sock").exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            idle = warm_starts(admin, repeats=5)
-            go = threading.Event()
-            threads = [
-                Participant(server.url, p["user"], p["token"], jobs, go) for p in course["created"]
-            ]
-            for thread in threads:
-                thread.start()
-            began = time.perf_counter()
-            go.set()
-            for thread in threads:
-                thread.join(timeout=3600)
-            wall = time.perf_counter() - began
-            everything = admin.jobs(all_users=True, limit=1000)
-            events = {j["id"]: admin.events(j["id"]) for j in everything}
-            admin.close()
-        finally:
-            server.stop()
+        deadline = time.monotonic() + 60
+        while not (home / "pool" / "zygote.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        idle = warm_starts(admin, repeats=5)
+        go = threading.Event()
+        threads = [Participant(url, p["user"], p["token"], jobs, go) for p in course["created"]]
+        for thread in threads:
+            thread.start()
+        began = time.perf_counter()
+        go.set()
+        for thread in threads:
+            thread.join(timeout=3600)
+        wall = time.perf_counter() - began
+        everything = admin.jobs(all_users=True, limit=1000)
+        events = {j["id"]: admin.events(j["id"]) for j in everything}
+        admin.close()
     submitted = [j for t in threads for j in t.job_ids]
     load_ids = set(submitted)
     everything = [j for j in everything if j["id"] in load_ids]
@@ -202,9 +233,11 @@ def run_one(kind: str, home: Path, participants: int, jobs: int, slots: int) -> 
             at.setdefault(event["to_state"], []).append(
                 datetime.fromisoformat(event["at"].replace("Z", "+00:00"))
             )
-        if "running" in at:
-            starts.append((at["running"][0] - at["queued"][0]).total_seconds())
-            admits.append((at["running"][0] - at["admitted"][0]).total_seconds())
+        # Started: seen running, or (a job that ended between two passes) its end.
+        ran = at.get("running") or at.get("succeeded") or at.get("failed")
+        if ran:
+            starts.append((ran[0] - at["queued"][0]).total_seconds())
+            admits.append((ran[0] - at["admitted"][0]).total_seconds())
         if "succeeded" in at:
             ends.append((at["succeeded"][0] - at["queued"][0]).total_seconds())
     ran_twice = [j for j, ev in events.items() if sum(e["to_state"] == "running" for e in ev) > 1]
@@ -235,11 +268,11 @@ def run_one(kind: str, home: Path, participants: int, jobs: int, slots: int) -> 
             "p50": round(percentile(status_ms, 50), 1),
             "p99": round(percentile(status_ms, 99), 1),
         },
-        "submit_to_running_s": {
+        "submit_to_start_s": {
             "p50": round(percentile(starts, 50), 2),
             "p99": round(percentile(starts, 99), 2),
         },
-        "admitted_to_running_s": {
+        "admitted_to_start_s": {
             "p50": round(percentile(admits, 50), 2),
             "p99": round(percentile(admits, 99), 2),
         },
@@ -270,9 +303,11 @@ def run(home: Path, participants: int, jobs: int, slots: int, kinds: list[str]) 
         "method": (
             f"{participants} participants (course API, quota jobs=2,workers=2) each submit "
             f"{jobs} small jobs at once (a mean projection reading 2 MB in 8 chunks) from their "
-            f"own thread and client, then poll them every 0.5 s; one server, local backend "
+            f"own thread and client, then poll them every 0.5 s; one `insitu server` process, "
+            "local backend "
             f"with a warm pool of 2 workers x 2 threads, at most {slots} jobs running; "
-            "latencies from the clients, phases from the jobs' persisted events"
+            "latencies from the clients, phases from the jobs' persisted events (a job that "
+            "ended between two dispatcher passes counts as running at its end)"
         ),
         "figures": figures,
         "goals": [
@@ -318,8 +353,8 @@ def report(result: dict[str, Any]) -> str:
     labels = {
         "submit_ms": "submit latency (ms)",
         "status_ms": "status request latency (ms)",
-        "submit_to_running_s": "submit to running (s)",
-        "admitted_to_running_s": "admitted to running (s), the warm start",
+        "submit_to_start_s": "submit to running (s)",
+        "admitted_to_start_s": "admitted to running (s), the warm start",
         "submit_to_succeeded_s": "submit to succeeded (s)",
     }
     kinds = list(result["figures"])

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 
 from insitu import __version__
 from insitu.api.routes import audit, bundles, courses, datasets, health, jobs, users
@@ -95,6 +96,19 @@ def create_app(
             await asyncio.to_thread(_audit_denial, database, request, exc)
         return JSONResponse(
             status_code=exc.status_code, content={"detail": exc.message, "error": exc.code}
+        )
+
+    @app.exception_handler(SQLAlchemyTimeout)
+    async def database_busy(_: Request, exc: SQLAlchemyTimeout) -> JSONResponse:
+        log.warning("database connections exhausted: %s", exc)
+        return JSONResponse(
+            status_code=503,
+            content={
+                "detail": "the server is busy (all its database connections are in use); "
+                "retry in a moment",
+                "error": "busy",
+            },
+            headers={"Retry-After": "1"},
         )
 
     @app.exception_handler(RequestValidationError)

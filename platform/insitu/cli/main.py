@@ -39,3 +39,7 @@ app.add_typer(courses.app, name="course", rich_help_panel="Access")
 def main() -> None:
     """Entry point of the ``insitu`` script."""
     app()
+
+
+if __name__ == "__main__":
+    main()

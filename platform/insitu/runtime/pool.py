@@ -64,7 +64,8 @@ def run_cluster(directory: Path, workers: int, threads: int, memory: str) -> int
         partial.write_text(cluster.scheduler_address)
         partial.replace(target)
         log.info("warm pool cluster at %s", cluster.scheduler_address)
-        while not stop:
+        parent = os.getppid()
+        while not stop and os.getppid() == parent:  # the server is gone: so is its pool
             time.sleep(0.5)
         target.unlink(missing_ok=True)
     return 0
@@ -127,11 +128,14 @@ def run_zygote(directory: Path) -> int:
     signal.signal(signal.SIGCHLD, _reap)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     log.info("warm pool zygote listening on %s", path)
-    while True:
+    parent = os.getppid()
+    server.settimeout(1.0)
+    while os.getppid() == parent:  # the server is gone: so is its pool
         try:
             connection, _ = server.accept()
-        except InterruptedError:
+        except (InterruptedError, TimeoutError):
             continue
+        connection.settimeout(None)
         with connection:
             try:
                 request = json.loads(connection.makefile("r").readline())
@@ -143,6 +147,7 @@ def run_zygote(directory: Path) -> int:
             except Exception as exc:
                 with contextlib.suppress(OSError):
                     connection.sendall(json.dumps({"error": repr(exc)}).encode() + b"\n")
+    return 0
 
 
 def request_runner(directory: Path, request: dict[str, Any], timeout: float = 10.0) -> int:
