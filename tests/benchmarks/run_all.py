@@ -156,11 +156,14 @@ def causes(document: dict[str, Any]) -> str:
             kind = goal["goal"].split("(")[1].split(";")[0]
             f = figures[kind]
             lines += [
-                f"**API p99 with 60 clients ({kind}: {goal['measured']}; p50 "
-                f"{f['submit_ms']['p50']} ms and {f['status_ms']['p50']} ms).** The clients, "
-                "the API, the dispatcher, the warm pool's workers and the jobs themselves share "
-                "this machine's two cores, and the 600 submissions arrive within seconds; the "
-                "tail is requests waiting for a CPU and, on SQLite, for the one writer.",
+                f"**API p99 with 60 clients ({kind}: submit and status p99 {goal['measured']}; "
+                f"p50 {f['submit_ms']['p50']} ms and {f['status_ms']['p50']} ms).** Not "
+                "profiled yet. What the figures show: the 60 clients, the API, the dispatcher, "
+                "the warm pool's workers and the jobs share this machine's two cores, and jobs "
+                f"ran at {f['jobs_per_minute']} a minute meanwhile; a submit is the heaviest "
+                "request (spec and catalog checks, the job's row, its first event and audit row, "
+                "its input file in the workspace). A profile of the submit path under this load "
+                "is the next step.",
                 "",
             ]
     if len(lines) == 2:
