@@ -278,3 +278,34 @@ def test_courses_and_usage_on_both_databases(db: Database) -> None:
         _, revoked = courses.close(session, admin, "db-course")
         assert revoked == 2
     assert quotas.Quota().describe() == "unlimited"
+
+
+def test_a_participants_jobs_run_under_their_course(
+    settings: Settings, movie: tuple[Path, np.ndarray]
+) -> None:
+    """The tenant (a Kubernetes namespace and quota) of a participant's job is the course."""
+    from insitu.backends.local import LocalBackend
+    from insitu.dispatcher import Dispatcher
+
+    settings.ensure_home()
+    db = Database(settings.resolved_database_url)
+    db.migrate()
+    with db.session() as session:
+        admin, _ = auth.create_user(session, "root", auth.Role.ADMIN)
+        session.commit()
+        from insitu.services import datasets as dataset_service
+        from insitu.services import jobs
+
+        dataset_service.register(session, admin, "t/movie", str(movie[0]), access_rule="public")
+        _, created = courses.create(
+            session, admin, "neuro", [courses.Participant("Ada", "ada@x.example")],
+            datasets=[], quota=None, expires=None,
+        )  # fmt: skip
+        participant = created[0][0]
+        spec = {"dataset": "t/movie", "analysis": {"entrypoint": "x:y"}}
+        mine = jobs.submit(session, settings, participant, spec)
+        theirs = jobs.submit(session, settings, admin, spec)
+    dispatcher = Dispatcher(settings, db, LocalBackend(settings))
+    assert dispatcher._tenant(mine.id) == "course-neuro"
+    assert dispatcher._tenant(theirs.id) == "root"
+    db.dispose()

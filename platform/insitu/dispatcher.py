@@ -23,7 +23,7 @@ from insitu.config import Settings
 from insitu.credentials import make_issuer
 from insitu.db import queries
 from insitu.db.engine import Database
-from insitu.db.models import Job, utcnow
+from insitu.db.models import Course, Job, utcnow
 from insitu.runtime.results import result_cap, too_large_message
 from insitu.runtime.workspace import (
     OUTCOME_FILE,
@@ -174,9 +174,14 @@ class Dispatcher:
         return env
 
     def _tenant(self, job_id: str) -> str:
-        """Whose namespace and quota a job runs under: its owner's."""
+        """Whose namespace and quota a job runs under: its owner's course, else its owner."""
         with self.db.session() as session:
-            return queries.job_by_id(session, job_id).owner.name
+            owner = queries.job_by_id(session, job_id).owner
+            if owner.course_id is not None:
+                course = session.get(Course, owner.course_id)
+                if course is not None:
+                    return f"course-{course.name}"
+            return owner.name
 
     def _dataset_url(self, job_id: str) -> str:
         with self.db.session() as session:
