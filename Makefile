@@ -37,7 +37,7 @@ $(CHECKOV_VENV)/bin/checkov: | $(BIN)/python
 test: lint $(CHECKOV_VENV)/bin/checkov
 	$(BIN)/pytest
 
-## bench: every benchmark (about 18 min; root for the network namespaces); writes docs/benchmarks.*
+## bench: every benchmark (about 25 min; root for the network namespaces); writes docs/benchmarks.*
 bench: $(VENV)/.test-installed
 	$(BIN)/python tests/benchmarks/run_all.py
 

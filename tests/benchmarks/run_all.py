@@ -46,7 +46,7 @@ INTRO = """# Benchmarks
 What insitu costs and what it saves, measured on this project's 2-core machine. Every
 figure is a ratio of contenders measured in the same run, interleaved, because these
 machines are noisy; the tests never assert on timings. `make bench` reruns everything
-(about 18 minutes on this machine) and rewrites this page,
+(about 25 minutes on this machine) and rewrites this page,
 [`benchmarks.json`](benchmarks.json) (every figure, with the goal it is held against) and
 the plots. The scripts are in
 [`tests/benchmarks/`](../tests/benchmarks/). The sampling profile behind the fix measured
