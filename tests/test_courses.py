@@ -306,6 +306,6 @@ def test_a_participants_jobs_run_under_their_course(
         mine = jobs.submit(session, settings, participant, spec)
         theirs = jobs.submit(session, settings, admin, spec)
     dispatcher = Dispatcher(settings, db, LocalBackend(settings))
-    assert dispatcher._tenant(mine.id) == "course-neuro"
-    assert dispatcher._tenant(theirs.id) == "root"
+    assert dispatcher._launch_request(mine).tenant == "course-neuro"
+    assert dispatcher._launch_request(theirs).tenant == "root"
     db.dispose()

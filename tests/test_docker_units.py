@@ -164,24 +164,15 @@ def test_the_relay_carries_bytes_both_ways_through_a_unix_socket(tmp_path: Path)
     inner.close()
     sock = tmp_path / "store.sock"
 
+    async def relay(listen: str, connect: str) -> asyncio.Task[None]:
+        ready = asyncio.Event()
+        task = asyncio.create_task(serve(Address.parse(listen), Address.parse(connect), ready))
+        await ready.wait()
+        return task
+
     async def scenario() -> bytes:
-        ready_outer, ready_inner = asyncio.Event(), asyncio.Event()
-        outer_task = asyncio.create_task(
-            serve(
-                Address.parse(f"unix:{sock}"),
-                Address.parse(f"tcp:127.0.0.1:{echo_port}"),
-                ready_outer,
-            )
-        )
-        await ready_outer.wait()
-        inner_task = asyncio.create_task(
-            serve(
-                Address.parse(f"tcp:127.0.0.1:{inner_port}"),
-                Address.parse(f"unix:{sock}"),
-                ready_inner,
-            )
-        )
-        await ready_inner.wait()
+        outer_task = await relay(f"unix:{sock}", f"tcp:127.0.0.1:{echo_port}")
+        inner_task = await relay(f"tcp:127.0.0.1:{inner_port}", f"unix:{sock}")
         reader, writer = await asyncio.open_connection("127.0.0.1", inner_port)
         payload = os.urandom(3 << 20)
         writer.write(payload)

@@ -17,13 +17,15 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy.orm import Session
+
 from insitu import objectstore
 from insitu.backends.base import Backend, BackendPhase, BackendStatus, JobHandle, LaunchRequest
 from insitu.config import Settings
 from insitu.credentials import make_issuer
 from insitu.db import queries
 from insitu.db.engine import Database
-from insitu.db.models import Course, Job, utcnow
+from insitu.db.models import Course, Job, User, utcnow
 from insitu.runtime.results import result_cap, too_large_message
 from insitu.runtime.workspace import (
     OUTCOME_FILE,
@@ -49,6 +51,15 @@ class _Observation:
     progress: Progress | None
     outcome: Outcome | None
     results_bytes: int | None = None
+
+
+def tenant_of(session: Session, owner: User) -> str:
+    """Whose namespace and quota a job runs under: its owner's course, else its owner."""
+    if owner.course_id is not None:
+        course = session.get(Course, owner.course_id)
+        if course is not None:
+            return f"course-{course.name}"
+    return owner.name
 
 
 class Dispatcher:
@@ -163,44 +174,32 @@ class Dispatcher:
 
     # -- backend steps ----------------------------------------------------------------------
 
-    def _environment(self, job: Job) -> dict[str, str]:
-        """What the job's runner needs to reach its store: scoped keys, endpoint, no more."""
-        dataset_url = self._dataset_url(job.id)
+    def _launch_request(self, job: Job) -> LaunchRequest:
+        """What the backend needs to start ``job``, read in one session."""
+        with self.db.session() as session:
+            stored = queries.job_by_id(session, job.id)
+            dataset_url, tenant = stored.dataset.url, tenant_of(session, stored.owner)
+        # The runner's store access: scoped keys, the endpoint, no more.
         credentials = self.issuer.issue(job.id, dataset_url, job.workspace)
         env = credentials.env() if credentials else {}
         options = objectstore.job_options(self.settings, job.workspace)
         if options:
             env["INSITU_WORKSPACE_OPTIONS"] = json.dumps(options)
-        return env
-
-    def _tenant(self, job_id: str) -> str:
-        """Whose namespace and quota a job runs under: its owner's course, else its owner."""
-        with self.db.session() as session:
-            owner = queries.job_by_id(session, job_id).owner
-            if owner.course_id is not None:
-                course = session.get(Course, owner.course_id)
-                if course is not None:
-                    return f"course-{course.name}"
-            return owner.name
-
-    def _dataset_url(self, job_id: str) -> str:
-        with self.db.session() as session:
-            return queries.job_by_id(session, job_id).dataset.url
+        return LaunchRequest(
+            job_id=job.id,
+            workspace_url=job.workspace,
+            resources=Resources.model_validate(job.spec.get("resources", {})),
+            timeout_s=job.timeout_s,
+            image=job.spec.get("analysis", {}).get("image"),
+            env=env,
+            dataset_url=dataset_url,
+            tenant=tenant,
+            has_code=bool(job.code_bundle_digest),
+        )
 
     async def _start(self, job: Job) -> None:
-        resources = Resources.model_validate(job.spec.get("resources", {}))
         try:
-            request = LaunchRequest(
-                job_id=job.id,
-                workspace_url=job.workspace,
-                resources=resources,
-                timeout_s=job.timeout_s,
-                image=job.spec.get("analysis", {}).get("image"),
-                env=await asyncio.to_thread(self._environment, job),
-                dataset_url=await asyncio.to_thread(self._dataset_url, job.id),
-                tenant=await asyncio.to_thread(self._tenant, job.id),
-                has_code=bool(job.code_bundle_digest),
-            )
+            request = await asyncio.to_thread(self._launch_request, job)
             handle = await self.backend.start(request)
         except Exception as exc:
             log.exception("could not start job %s", job.id)
@@ -217,8 +216,8 @@ class Dispatcher:
             self._apply,
             job.id,
             JobState.PROVISIONING,
-            f"starting a Dask cluster with {resources.workers} worker(s) x "
-            f"{resources.threads_per_worker} thread(s) on the {self.backend.name} backend",
+            f"starting a Dask cluster with {request.resources.workers} worker(s) x "
+            f"{request.resources.threads_per_worker} thread(s) on the {self.backend.name} backend",
             handle=handle.to_json(),
         )
 

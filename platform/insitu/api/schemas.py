@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from insitu.catalog import ArrayInfo
 from insitu.db.models import AuditEvent, Course, Dataset, Job, JobEvent, User
+from insitu.services.quotas import parse_quota
 
 
 class JobCreate(BaseModel):
@@ -300,6 +301,7 @@ class CoursePublic(BaseModel):
     owner: str
     datasets: list[str]
     quota: dict[str, Any]
+    quota_text: str = Field(description="The quota as written, e.g. 'jobs=2,workers=2'.")
     expires_at: datetime | None
     created_at: datetime
     closed_at: datetime | None
@@ -312,6 +314,7 @@ class CoursePublic(BaseModel):
             owner=course.owner.name,
             datasets=list(course.datasets),
             quota=dict(course.quota),
+            quota_text=parse_quota(course.quota).describe(),
             expires_at=course.expires_at,
             created_at=course.created_at,
             closed_at=course.closed_at,

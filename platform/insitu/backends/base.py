@@ -8,17 +8,41 @@ call blocking SDKs do so through ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, ClassVar
 
+from insitu.config import Settings
 from insitu.spec import Resources
 
 LABEL_JOB = "insitu.io/job-id"
 LABEL_COMPONENT = "insitu.io/component"
+LOG_CHUNK = 4 << 20  # most log bytes one request returns
+
+
+def server_id(settings: Settings) -> str:
+    """A short, stable name of this server (its home): labels tell its jobs from others'."""
+    return hashlib.sha256(str(settings.home).encode()).hexdigest()[:12]
+
+
+def job_log_path(settings: Settings, job_id: str) -> Path:
+    """Where a job's log is kept on the server, whatever the backend."""
+    return settings.home / "logs" / f"{job_id}.log"
+
+
+def read_log(path: Path, offset: int) -> tuple[bytes, int]:
+    """Log bytes of ``path`` from ``offset`` on, and the offset to ask for next."""
+    if not path.exists():
+        return b"", offset
+    with open(path, "rb") as log:
+        log.seek(offset)
+        data = log.read(LOG_CHUNK)
+    return data, offset + len(data)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -38,6 +37,9 @@ from insitu.backends.base import (
     BackendStatus,
     JobHandle,
     LaunchRequest,
+    job_log_path,
+    read_log,
+    server_id,
 )
 from insitu.backends.docker_specs import LABEL_SERVER, LABEL_WORKER, plan, store_route
 from insitu.config import Settings
@@ -75,7 +77,7 @@ class DockerBackend(Backend):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.config = settings.docker
-        self.server_id = hashlib.sha256(str(settings.home).encode()).hexdigest()[:12]
+        self.server_id = server_id(settings)
         self.log_dir = settings.home / "logs"
         # Unix socket paths are short (108 bytes): keep the relays' sockets under /tmp.
         self.socket_root = Path(tempfile.gettempdir()) / f"insitu-{self.server_id}"
@@ -317,7 +319,7 @@ class DockerBackend(Backend):
 
     def log_path(self, job_id: str) -> Path:
         """The job's gathered log: every container's lines, prefixed with its role."""
-        return self.log_dir / f"{job_id}.log"
+        return job_log_path(self.settings, job_id)
 
     def _sync_logs(self, job_id: str, containers: list[dict[str, Any]] | None = None) -> None:
         """Append the containers' new log lines to the job's log, in time order."""
@@ -360,13 +362,7 @@ class DockerBackend(Backend):
     def _read_log(self, job_id: str, offset: int) -> tuple[bytes, int]:
         with contextlib.suppress(BackendError):
             self._sync_logs(job_id)
-        path = self.log_path(job_id)
-        if not path.exists():
-            return b"", offset
-        with open(path, "rb") as log:
-            log.seek(offset)
-            data = log.read(4 << 20)
-        return data, offset + len(data)
+        return read_log(self.log_path(job_id), offset)
 
     async def logs(self, handle: JobHandle, offset: int = 0) -> tuple[bytes, int]:
         return await asyncio.to_thread(self._read_log, handle.job_id, offset)

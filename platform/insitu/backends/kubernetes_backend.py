@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import re
 import threading
 from collections.abc import Iterable
@@ -23,11 +22,15 @@ from typing import Any
 
 from insitu.backends.base import (
     LABEL_JOB,
+    LOG_CHUNK,
     Backend,
     BackendPhase,
     BackendStatus,
     JobHandle,
     LaunchRequest,
+    job_log_path,
+    read_log,
+    server_id,
 )
 from insitu.backends.k8s_manifests import (
     DASK_GROUP,
@@ -117,7 +120,7 @@ class KubernetesBackend(Backend):
     def __init__(self, settings: Settings, api_client: Any = None) -> None:
         self.settings = settings
         self.config = settings.kubernetes
-        self.server_id = hashlib.sha256(str(settings.home).encode()).hexdigest()[:12]
+        self.server_id = server_id(settings)
         self.log_dir = settings.home / "logs"
         self._api_client = api_client
         self._tenants: set[str] = set()
@@ -351,7 +354,7 @@ class KubernetesBackend(Backend):
     # -- logs -----------------------------------------------------------------------------
 
     def log_path(self, job_id: str) -> Path:
-        return self.log_dir / f"{job_id}.log"
+        return job_log_path(self.settings, job_id)
 
     def _runner_log(self, handle: JobHandle) -> bytes | None:
         namespace = handle.data["namespace"]
@@ -374,14 +377,13 @@ class KubernetesBackend(Backend):
 
     def _read_log(self, handle: JobHandle, offset: int) -> tuple[bytes, int]:
         path = self.log_path(handle.job_id)
-        if path.exists():
-            data = path.read_bytes()
-        else:
-            try:
-                data = self._runner_log(handle) or b""
-            except BackendError:
-                data = b""
-        chunk = data[offset : offset + (4 << 20)]
+        if path.exists():  # kept when the job's pods went
+            return read_log(path, offset)
+        try:
+            data = self._runner_log(handle) or b""
+        except BackendError:
+            data = b""
+        chunk = data[offset : offset + LOG_CHUNK]
         return chunk, offset + len(chunk)
 
     async def logs(self, handle: JobHandle, offset: int = 0) -> tuple[bytes, int]:

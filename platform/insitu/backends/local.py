@@ -21,7 +21,15 @@ from typing import Any
 
 import psutil
 
-from insitu.backends.base import Backend, BackendPhase, BackendStatus, JobHandle, LaunchRequest
+from insitu.backends.base import (
+    Backend,
+    BackendPhase,
+    BackendStatus,
+    JobHandle,
+    LaunchRequest,
+    job_log_path,
+    read_log,
+)
 from insitu.backends.warm_pool import WarmPool, pool_environment
 from insitu.config import Settings
 from insitu.errors import BackendError
@@ -55,7 +63,7 @@ class LocalBackend(Backend):
 
     def log_path(self, job_id: str) -> Path:
         """Where a job's runner output is written."""
-        return self.log_dir / f"{job_id}.log"
+        return job_log_path(self.settings, job_id)
 
     def _spawn(self, request: LaunchRequest) -> JobHandle:
         existing = self._children.get(request.job_id)
@@ -135,17 +143,8 @@ class LocalBackend(Backend):
     async def status(self, handles: Iterable[JobHandle]) -> dict[str, BackendStatus]:
         return {h.job_id: self._status_one(h) for h in handles}
 
-    def _read_log(self, job_id: str, offset: int) -> tuple[bytes, int]:
-        path = self.log_path(job_id)
-        if not path.exists():
-            return b"", offset
-        with open(path, "rb") as log:
-            log.seek(offset)
-            data = log.read(4 << 20)
-        return data, offset + len(data)
-
     async def logs(self, handle: JobHandle, offset: int = 0) -> tuple[bytes, int]:
-        return await asyncio.to_thread(self._read_log, handle.job_id, offset)
+        return await asyncio.to_thread(read_log, self.log_path(handle.job_id), offset)
 
     def _kill(self, handle: JobHandle, grace: float) -> None:
         process = self._process(handle)

@@ -119,19 +119,9 @@ def _enrolled_output(result: dict[str, Any], out: Path | None, url: str, as_json
     output.stdout().print(table)
     output.stderr().print(
         f"course {course['name']}: {course['participants']} participant(s), datasets "
-        f"{', '.join(course['datasets']) or '-'}, quota {_quota(course['quota'])}; hand each "
+        f"{', '.join(course['datasets']) or '-'}, quota {course['quota_text']}; hand each "
         f"person their file in {folder} (tokens are not shown again)"
     )
-
-
-def _quota(quota: dict[str, Any]) -> str:
-    if not quota:
-        return "unlimited"
-    parts = []
-    for key, value in quota.items():
-        shown = format_size(value) if key == "result_bytes" else value
-        parts.append(f"{key.replace('_', '-')}={shown}")
-    return ",".join(parts)
 
 
 @app.command()
@@ -191,7 +181,7 @@ def list_courses(as_json: JsonOpt = False) -> None:
             course["owner"],
             str(course["participants"]),
             ", ".join(course["datasets"]) or "-",
-            _quota(course["quota"]),
+            course["quota_text"],
             output.local_time(course["expires_at"], "%Y-%m-%d") if course["expires_at"] else "-",
             "closed" if course["closed_at"] else "open",
         )

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from insitu.db.models import (
     ApiToken,
@@ -220,18 +220,10 @@ def add_event(
 
 
 def claim_queued(session: Session, owner: str, limit: int, lease_until: datetime) -> list[Job]:
-    """Lock up to ``limit`` queued jobs, oldest first, skipping rows others hold."""
+    """Lock up to ``limit`` queued jobs, oldest first, and lease them to ``owner``."""
     if limit <= 0:
         return []
-    jobs = list(
-        session.scalars(
-            select(Job)
-            .where(Job.state == JobState.QUEUED.value)
-            .order_by(Job.created_at, Job.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).all()
-    )
+    jobs = queued_candidates(session, limit)
     for job in jobs:
         job.lease_owner, job.lease_expires_at = owner, lease_until
     return jobs
@@ -309,7 +301,10 @@ def usage_by_owner(
 
 
 def queued_candidates(session: Session, limit: int) -> list[Job]:
-    """Lock up to ``limit`` queued jobs, oldest first, skipping rows others hold."""
+    """Lock up to ``limit`` queued jobs, oldest first, skipping rows others hold.
+
+    Their owners come in one more query (admission reads each owner's quota).
+    """
     return list(
         session.scalars(
             select(Job)
@@ -317,5 +312,6 @@ def queued_candidates(session: Session, limit: int) -> list[Job]:
             .order_by(Job.created_at, Job.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
+            .options(selectinload(Job.owner))
         ).all()
     )

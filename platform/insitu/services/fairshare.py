@@ -38,9 +38,9 @@ def pick(candidates: list[Job], room: int, usage: dict[int, Usage], now: datetim
     queues: dict[int, deque[Job]] = {}
     for job in candidates:
         queues.setdefault(job.owner_id, deque()).append(job)
+    for owner in queues:
+        usage.setdefault(owner, Usage())
     while queues and len(decision.admit) < room:
-        for owner in queues:
-            usage.setdefault(owner, Usage())
         owner_id = min(
             queues,
             key=lambda o: (usage[o].running_jobs, usage[o].recent_jobs, queues[o][0].created_at),
