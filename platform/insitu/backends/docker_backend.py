@@ -403,8 +403,20 @@ class DockerBackend(Backend):
                     found.setdefault(job_id, []).append(process)
         return found
 
-    def _stop_relay(self, job_id: str) -> None:
-        for process in self._relays().get(job_id, []):
+    def _relay_of(self, handle: JobHandle) -> list[psutil.Process]:
+        """The job's relay: by the pid its handle recorded, else found among all processes."""
+        pid = handle.data.get("relay_pid")
+        if pid:
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(int(pid))
+                if abs(process.create_time() - float(handle.data["relay_create_time"])) < 1.0:
+                    return [process]
+                return []  # the pid was reused: the relay is gone
+            return []
+        return self._relays().get(handle.job_id, [])  # a handle from before the relay started
+
+    def _stop_relay(self, job_id: str, processes: list[psutil.Process] | None = None) -> None:
+        for process in self._relays().get(job_id, []) if processes is None else processes:
             with contextlib.suppress(psutil.Error):
                 process.kill()
                 process.wait(5)
@@ -415,7 +427,7 @@ class DockerBackend(Backend):
         with contextlib.suppress(Exception):
             self._sync_logs(handle.job_id, containers)
         self._remove_all(handle.job_id, containers)
-        self._stop_relay(handle.job_id)
+        self._stop_relay(handle.job_id, self._relay_of(handle))
         (self.log_dir / f"{handle.job_id}.cursor.json").unlink(missing_ok=True)
         with self._lock:
             self._log_locks.pop(handle.job_id, None)
