@@ -5,8 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from insitu.backends.base import Backend, BackendPhase, BackendStatus, JobHandle, LaunchRequest
+from insitu.backends.base import (
+    Backend,
+    BackendPhase,
+    BackendStatus,
+    JobHandle,
+    LaunchRequest,
+    Metered,
+)
 from insitu.config import Settings
 from insitu.db.engine import Database
 from insitu.db.models import Job, User
@@ -37,6 +45,10 @@ class FakeBackend(Backend):
     cleaned: list[str] = field(default_factory=list)
     phases: dict[str, BackendPhase] = field(default_factory=dict)
     name = "fake"  # type: ignore[misc]
+    METERED: ClassVar[float] = 3.5  # core-seconds the fake "measures" for every job
+
+    async def core_seconds(self, handle: JobHandle, cores: int, wall_s: float) -> Metered:
+        return Metered(self.METERED, "the fake backend's meter")
 
     async def start(self, request: LaunchRequest) -> JobHandle:
         if self.fail_start:
@@ -121,4 +133,6 @@ def make_world(db: Database, settings: Settings, movie_path: Path) -> World:
         curator, _ = auth.create_user(session, "ines", auth.Role.INSTRUCTOR)
         session.commit()
         datasets.register(session, curator, "test/movie", str(movie_path), access_rule="public")
+    # The fake backend runs no code: the local backend's rule on user code does not apply.
+    settings.local.allow_untrusted_code = True
     return World(db, settings, user)

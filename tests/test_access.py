@@ -21,6 +21,13 @@ from insitu.server import BackgroundServer
 pytestmark = pytest.mark.timeout(90)
 
 
+@pytest.fixture(autouse=True)
+def users_may_run_code(settings: Settings) -> None:
+    """These tests are about access, not isolation: the operator lets users run their code
+    on the local backend (test_trust_local.py tests the default, which does not)."""
+    settings.local.allow_untrusted_code = True
+
+
 def as_user(server: BackgroundServer, token: str) -> Client:
     return Client(server.url, token)
 

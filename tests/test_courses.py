@@ -30,6 +30,13 @@ Run = Callable[..., Result]
 ROSTER = "name,email\nAda Lovelace,ada@uni.example\nAlan Turing,alan@uni.example\n"
 
 
+@pytest.fixture(autouse=True)
+def users_may_run_code(settings: Settings) -> None:
+    """These tests are about access, not isolation: the operator lets users run their code
+    on the local backend (test_trust_local.py tests the default, which does not)."""
+    settings.local.allow_untrusted_code = True
+
+
 @pytest.fixture
 def cli(server: BackgroundServer, settings: Settings) -> Run:
     base = {"INSITU_URL": server.url, "INSITU_HOME": str(settings.home)}

@@ -58,7 +58,12 @@ def test_a_job_runs_to_success_with_every_transition_recorded(world: World) -> N
     assert done.state == "succeeded" and done.finished_at is not None
     assert states(done) == ["queued", "admitted", "provisioning", "running", "succeeded"]
     assert all(e.reason for e in done.events)
-    assert (done.bytes_scanned, done.bytes_returned, done.core_seconds) == (1000, 10, 2.0)
+    # Bytes returned count the provenance too; core-seconds are the backend's, not the job's 2.0.
+    provenance = done.accounting["egress"]["provenance"]
+    assert provenance > 0 and done.provenance["job_id"] == job.id
+    assert (done.bytes_scanned, done.bytes_returned) == (1000, 10 + provenance)
+    assert done.core_seconds == FakeBackend.METERED
+    assert done.accounting["core_seconds_source"] == "the fake backend's meter"
     assert done.results[0]["filename"] == "mean.npy"
     assert backend.cleaned == [job.id]
 
@@ -146,12 +151,12 @@ def test_results_over_the_cap_on_disk_are_refused_and_removed(world: World) -> N
     dispatcher = Dispatcher(world.settings, world.db, backend)
     job = world.submit(limits={"max_result_bytes": 100})
     run_pass(dispatcher)
-    # The outcome claims 10 bytes, but the analysis wrote 5,000 behind the runtime's back.
-    backend.finish(job, ok_outcome(10), {"mean.npy": b"x" * 10, "sneaky.npy": b"y" * 5000})
+    # The outcome claims 10 bytes, but the analysis wrote 20,000 behind the runtime's back.
+    backend.finish(job, ok_outcome(10), {"mean.npy": b"x" * 10, "sneaky.npy": b"y" * 20_000})
     run_pass(dispatcher)
     failed = load(world, job.id)
     assert failed.state == "failed" and failed.error_kind == "result_too_large"
-    assert "5.0 kB" in (failed.error or "") and "100 B" in (failed.error or "")
+    assert "20.0 kB" in (failed.error or "") and "100 B" in (failed.error or "")
     assert Workspace(job.workspace).listdir(RESULTS_DIR) == []
 
 

@@ -212,7 +212,7 @@ def test_a_job_runs_in_its_image_with_its_digest_in_the_provenance(
     assert provenance["image"] == dockerlab.OPHYS_IMAGE
     assert provenance["image_id"] == ophys_image.id == engine.images.get(dockerlab.OPHYS_IMAGE).id
     assert provenance["image_digest"].startswith("sha256:")
-    assert provenance["environment"]["python"].startswith("3.11")
+    assert provenance["reported_by_job"]["environment"]["python"].startswith("3.11")
 
     # The runner's last line comes after the job has ended: its log keeps it.
     log = wait_for(
@@ -227,8 +227,8 @@ def test_a_job_runs_in_its_image_with_its_digest_in_the_provenance(
     # Everything the job ran is gone: containers, the store relay and its socket.
     assert wait_for(lambda: _gone(engine, job["id"]), 15)
     backend = DockerBackend(docker_settings)
-    assert job["id"] not in backend._relays()
-    assert not (backend.socket_root / job["id"]).exists()
+    assert wait_for(lambda: job["id"] not in backend._relays(), 15)
+    assert wait_for(lambda: not (backend.socket_root / job["id"]).exists(), 5)
 
 
 def test_uploaded_code_reaches_workers_in_their_own_containers(

@@ -51,7 +51,8 @@ def test_user_code_on_uneven_chunks_matches_numpy(
     assert client.result(job["id"], "selection") == {"t": [5, 83], "y": [3, 35], "x": [0, 29]}
 
     results = client.results(job["id"])
-    assert done["bytes_returned"] == sum(r["size"] for r in results)
+    # Every byte the owner can download counts: the results and the provenance.
+    assert done["bytes_returned"] == sum(r["size"] for r in results) + done["egress"]["provenance"]
     assert done["bytes_selected"] == 78 * 32 * 29 * 2
     assert done["bytes_scanned"] > 0
     # 78 frames over chunks of 32 from t=5: 3 blocks; y 3..35 over 16: 3; x 29 over 16: 2.
@@ -76,7 +77,8 @@ def test_provenance_records_spec_code_and_dataset(
     assert provenance["code_bundle_sha256"] == done["code_bundle"]
     assert provenance["dataset"]["version"] == dataset["version"]
     assert provenance["dataset"]["selection"] == {"t": [0, 90], "y": [0, 37], "x": [0, 29]}
-    assert "not enforced" in provenance["access_scope"]
+    assert "not enforced" in provenance["store_access"]
+    assert provenance["written_by"] == "the insitu server, from its own records"
     assert {r["file"] for r in provenance["results"]} == {r["filename"] for r in done["results"]}
 
 
@@ -89,7 +91,7 @@ def test_returning_the_raw_input_is_refused(
     done = client.wait(job["id"], timeout=90)
     assert done["state"] == "failed"
     assert done["error_kind"] == "result_too_large"
-    assert "cap of 65.5 kB" in done["error"]
+    assert "cap of 73.7 kB (limits.max_result_bytes = 65.5 kB + 8.2 kB" in done["error"]
     # The selection is 90 * 37 * 29 * 2 = 193,140 bytes (plus an .npy header if computed).
     assert re.search(r"results total 193\.\d kB", done["error"])
     assert "reduce further" in done["error"]

@@ -17,7 +17,7 @@ from insitu.catalog import ArrayInfo
 from insitu.errors import AnalysisFailed, InvalidInput, PermissionDenied, ResultTooLarge
 from insitu.runtime import bundle
 from insitu.runtime.context import RunContext
-from insitu.runtime.results import PNG, check_cap, encode, png, result_cap
+from insitu.runtime.results import PNG, RECORD_ALLOWANCE, check_cap, encode, png, result_cap
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -75,24 +75,27 @@ def test_unsupported_results_say_what_is_accepted() -> None:
 
 
 def test_cap_names_both_sizes_and_the_hint() -> None:
-    parts = [encode("a", np.zeros(10_000, np.uint8)), encode("b", np.zeros(100, np.uint8))]
+    parts = [encode("a", np.zeros(20_000, np.uint8)), encode("b", np.zeros(100, np.uint8))]
     assert check_cap(parts, 20_000) == sum(len(p.data) for p in parts)
     with pytest.raises(ResultTooLarge) as error:
-        check_cap(parts, 5_000)
+        check_cap(parts, 5_000)  # 5 kB and the allowance of 8 KiB for the job's record
     message = str(error.value)
-    assert "total 10.4 kB" in message
-    assert "cap of 5.0 kB (limits.max_result_bytes) by 5.4 kB" in message
-    assert "a: 10.1 kB" in message
+    assert "total 20.4 kB" in message
+    assert "cap of 13.2 kB (limits.max_result_bytes = 5.0 kB + 8.2 kB" in message
+    assert "by 7.2 kB" in message
+    assert "a: 20.1 kB" in message
     assert "reduce further" in message and "limits.max_result_bytes" in message
 
 
 def test_cap_as_a_fraction_of_the_bytes_scanned() -> None:
-    parts = [encode("a", np.zeros(3_000, np.uint8))]
-    assert check_cap(parts, 1_000_000, fraction=0.5, scanned=10_000) == len(parts[0].data)
+    parts = [encode("a", np.zeros(13_000, np.uint8))]
+    assert check_cap(parts, 1_000_000, fraction=0.5, scanned=20_000) == len(parts[0].data)
     with pytest.raises(ResultTooLarge) as error:
         check_cap(parts, 1_000_000, fraction=0.5, scanned=4_000)
-    assert "cap of 2.0 kB (50% of the 4.0 kB it scanned)" in str(error.value)
-    assert result_cap(1_000, 0.5, 1_000_000) == (1_000, "limits.max_result_bytes")
+    assert "cap of 10.2 kB (50% of the 4.0 kB it scanned + 8.2 kB" in str(error.value)
+    allowance = RECORD_ALLOWANCE
+    cap, source = result_cap(1_000, 0.5, 1_000_000)
+    assert cap == 1_000 + allowance and source.startswith("limits.max_result_bytes = 1.0 kB")
 
 
 def test_bundle_pack_skips_caches_and_extracts(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -26,6 +27,31 @@ _ERRORS: dict[int, type[errors.InsituError]] = {
     422: errors.InvalidInput,
     503: errors.BackendError,
 }
+
+
+def safe_target(directory: str | Path, filename: str) -> Path:
+    """Where a file the server named goes: inside ``directory``, or refused.
+
+    The name must be one plain path component (no separators, no '..', no control
+    characters); the client never trusts names sent by the server.
+    """
+    bad = (
+        not filename
+        or filename in (".", "..")
+        or any(c in filename for c in "/\\:")
+        or any(ord(c) < 32 for c in filename)
+        or len(filename) > 255
+    )
+    if bad:
+        raise errors.InvalidInput(
+            f"the server named a result {filename[:80]!r}, which is not a plain file name; "
+            "nothing was written. Tell the operator"
+        )
+    root = Path(directory).resolve()
+    target = (root / filename).resolve()
+    if target.parent != root:
+        raise errors.InvalidInput(f"result {filename[:80]!r} would be written outside {root}")
+    return target
 
 
 class Client:
@@ -310,10 +336,17 @@ class Client:
         """The result files of a succeeded job."""
         return self._json("GET", f"/v1/jobs/{job_id}/results")["data"]  # type: ignore[no-any-return]
 
-    def download(self, job_id: str, filename: str, directory: str | Path) -> Path:
-        """Stream one result file into ``directory``."""
-        target = Path(directory) / filename
+    def download(
+        self, job_id: str, filename: str, directory: str | Path, sha256: str | None = None
+    ) -> Path:
+        """Stream one result file into ``directory``; never write outside it.
+
+        ``filename`` comes from the server, so only a plain file name is accepted; with
+        ``sha256`` the bytes are checked and a file that does not match is removed.
+        """
+        target = safe_target(directory, filename)
         target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
         try:
             with self._http.stream("GET", f"/v1/jobs/{job_id}/results/{filename}") as response:
                 if response.status_code >= 400:
@@ -321,9 +354,17 @@ class Client:
                     self._raise_for(response)
                 with open(target, "wb") as out:
                     for block in response.iter_bytes():
+                        digest.update(block)
                         out.write(block)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
+        if sha256 is not None and digest.hexdigest() != sha256:
+            target.unlink(missing_ok=True)
+            raise errors.InsituError(
+                f"{filename} of job {job_id} arrived with other bytes than the server recorded "
+                "(its SHA-256 differs); it was not kept. Download it again, and tell the operator "
+                "if this repeats"
+            )
         return target
 
     def _raise_for(self, response: httpx.Response) -> None:
@@ -335,8 +376,11 @@ class Client:
 
     def download_all(self, job_id: str, directory: str | Path) -> list[Path]:
         """Download every result and the provenance of a job."""
-        names = [r["filename"] for r in self.results(job_id)] + ["provenance.json"]
-        return [self.download(job_id, name, directory) for name in names]
+        paths = [
+            self.download(job_id, r["filename"], directory, r.get("sha256"))
+            for r in self.results(job_id)
+        ]
+        return [*paths, self.download(job_id, "provenance.json", directory)]
 
     def provenance(self, job_id: str) -> dict[str, Any]:
         """The provenance record of a succeeded job: spec, versions, timings, bytes."""

@@ -117,6 +117,17 @@ class LocalBackendSettings(BaseModel):
     warm_pool_max_workers: int = Field(
         1, ge=1, description="Jobs asking for at most this many workers use the warm pool."
     )
+    installed_analyses: list[str] = Field(
+        default_factory=lambda: ["ophys_analyses", "em_analyses"],
+        description="Top-level packages whose functions every user may name as an entrypoint "
+        "on the local backend (the operator's installed analyses).",
+    )
+    allow_untrusted_code: bool = Field(
+        False,
+        description="Let every user upload code and name any entrypoint on the local backend. "
+        "Local jobs run as the server's own user and could read its files (tokens, database): "
+        "turn this on only where every user is trusted with them. Admins may always.",
+    )
 
 
 class DockerBackendSettings(BaseModel):

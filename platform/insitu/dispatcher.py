@@ -20,24 +20,25 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session
 
 from insitu import objectstore
-from insitu.backends.base import Backend, BackendPhase, BackendStatus, JobHandle, LaunchRequest
+from insitu.backends.base import (
+    Backend,
+    BackendPhase,
+    BackendStatus,
+    JobHandle,
+    LaunchRequest,
+    Metered,
+)
 from insitu.config import Settings
 from insitu.credentials import make_issuer
 from insitu.db import queries
 from insitu.db.engine import Database
 from insitu.db.models import Course, Job, User, utcnow
-from insitu.runtime.results import result_cap, too_large_message
-from insitu.runtime.workspace import (
-    OUTCOME_FILE,
-    RESULTS_DIR,
-    STATUS_FILE,
-    Outcome,
-    Progress,
-)
+from insitu.runtime.workspace import Progress
 from insitu.services import fairshare, quotas
 from insitu.spec import Resources
 from insitu.states import JobState
-from insitu.units import format_duration, format_size
+from insitu.trusted import report, settle
+from insitu.units import format_duration
 
 log = logging.getLogger("insitu.dispatcher")
 FAIR_SHARE_WINDOW = timedelta(hours=1)  # how far back fair share remembers who was served
@@ -49,8 +50,7 @@ class _Observation:
 
     status: BackendStatus | None
     progress: Progress | None
-    outcome: Outcome | None
-    results_bytes: int | None = None
+    outcome: report.JobReport | report.RefusedReport | None
 
 
 def tenant_of(session: Session, owner: User) -> str:
@@ -60,6 +60,13 @@ def tenant_of(session: Session, owner: User) -> str:
         if course is not None:
             return f"course-{course.name}"
     return owner.name
+
+
+def store_access(request: LaunchRequest) -> str:
+    """How the job's reach into the object store was limited, for its provenance."""
+    if request.env.get("INSITU_CREDENTIALS_SCOPED") == "1":
+        return "enforced by the store: the job's credentials allow only its dataset and workspace"
+    return "not enforced by the store; the runtime opened only this dataset"
 
 
 class Dispatcher:
@@ -167,6 +174,8 @@ class Dispatcher:
             if JobState(job.state).terminal:
                 return
             for name, value in fields.items():
+                if name == "accounting" and isinstance(value, dict):
+                    value = {**(job.accounting or {}), **value}
                 setattr(job, name, value)
             if to is not None and JobState(job.state) != to:
                 queries.transition(session, job, to, reason)
@@ -219,6 +228,7 @@ class Dispatcher:
             f"starting a Dask cluster with {request.resources.workers} worker(s) x "
             f"{request.resources.threads_per_worker} thread(s) on the {self.backend.name} backend",
             handle=handle.to_json(),
+            accounting={"store_access": handle.data.get("store_access") or store_access(request)},
         )
 
     async def _observe(self, jobs: list[Job]) -> dict[str, _Observation]:
@@ -228,9 +238,8 @@ class Dispatcher:
         def read(job: Job) -> _Observation:
             workspace = objectstore.workspace(self.settings, job.workspace)
             status = statuses.get(job.id)
-            progress = workspace.read_model(STATUS_FILE, Progress)
+            progress = report.read_progress(workspace)
             outcome = None
-            results_bytes = None
             ended = status is not None and status.phase in (
                 BackendPhase.EXITED,
                 BackendPhase.MISSING,
@@ -238,14 +247,8 @@ class Dispatcher:
             # The runner reports "finished" once its outcome is written, before its Dask
             # cluster and interpreter wind down: the job is done from then on.
             if ended or (progress is not None and progress.phase == "finished"):
-                outcome = workspace.read_model(OUTCOME_FILE, Outcome)
-                if outcome is not None and outcome.ok:
-                    results_bytes = sum(
-                        size
-                        for name, size in workspace.listdir(RESULTS_DIR)
-                        if name != "provenance.json"
-                    )
-            return _Observation(status, progress, outcome, results_bytes)
+                outcome = report.read_outcome(workspace)
+            return _Observation(status, progress, outcome)
 
         observed = await asyncio.gather(*(asyncio.to_thread(read, job) for job in jobs))
         return {job.id: obs for job, obs in zip(jobs, observed, strict=True)}
@@ -276,13 +279,14 @@ class Dispatcher:
             obs = observations[job.id]
             handle = JobHandle.from_json(job.handle)  # type: ignore[arg-type]
             if job.target == JobState.CANCELLED.value:
+                metering = await self._meter(job, handle)
                 await self.backend.cancel(handle, self.settings.dispatcher.cancel_grace)
                 await asyncio.to_thread(
                     self._apply,
                     job.id,
                     JobState.CANCELLED,
                     job.reason or "cancelled",
-                    **self._progress_fields(obs),
+                    **{**self._progress_fields(job, obs), **metering},
                 )
                 continue
             if obs.outcome is not None or (
@@ -293,6 +297,7 @@ class Dispatcher:
                 continue
             elapsed = (now - job.started_at).total_seconds() if job.started_at else 0.0
             if elapsed > job.timeout_s:
+                metering = await self._meter(job, handle)
                 await self.backend.cancel(handle, self.settings.dispatcher.cancel_grace)
                 limit = format_duration(job.timeout_s)
                 await asyncio.to_thread(
@@ -303,7 +308,7 @@ class Dispatcher:
                     error=f"the job did not finish within its time limit of {limit}; select less, "
                     "ask for more workers, or raise limits.timeout",
                     error_kind="timed_out",
-                    **self._progress_fields(obs),
+                    **{**self._progress_fields(job, obs), **metering},
                 )
                 continue
             running = obs.progress is not None and obs.progress.phase in ("running", "writing")
@@ -313,20 +318,43 @@ class Dispatcher:
                 job.id,
                 to,
                 "the Dask cluster is up and the analysis is running",
-                **self._progress_fields(obs),
+                **self._progress_fields(job, obs),
             )
 
     @staticmethod
-    def _progress_fields(obs: _Observation) -> dict[str, object]:
+    def _progress_fields(job: Job, obs: _Observation) -> dict[str, object]:
+        """Progress as the job reports it, its byte count bounded by what its selection holds."""
         if obs.progress is None:
             return {}
         return {
             "chunks_done": obs.progress.chunks_done,
             "chunks_total": obs.progress.chunks_total,
-            "bytes_scanned": obs.progress.bytes_scanned,
+            "bytes_scanned": settle.count_scan(job, obs.progress.bytes_scanned)[0],
+        }
+
+    async def _meter(self, job: Job, handle: JobHandle) -> dict[str, object]:
+        """Core-seconds of the job as its backend measured them (never the job's own figure)."""
+        wall = (utcnow() - job.started_at).total_seconds() if job.started_at else 0.0
+        try:
+            metered = await self.backend.core_seconds(handle, job.cores, wall)
+        except Exception:
+            log.exception("could not meter job %s; charging its reserved cores", job.id)
+            metered = Metered(max(job.cores, 1) * wall, "reserved cores x wall time")
+        return {
+            "core_seconds": metered.value,
+            "accounting": {
+                "core_seconds": round(metered.value, 3),
+                "core_seconds_source": metered.source,
+            },
         }
 
     async def _finish(self, job: Job, handle: JobHandle, obs: _Observation) -> None:
+        metering = await self._meter(job, handle)
+        try:
+            scanned = await self.backend.bytes_scanned(handle)
+        except Exception:
+            log.exception("could not read job %s's scan count; using its own", job.id)
+            scanned = None
         await self.backend.cleanup(handle)
         outcome = obs.outcome
         if outcome is None:
@@ -345,61 +373,39 @@ class Dispatcher:
                 reason,
                 error=reason,
                 error_kind="lost",
-                **self._progress_fields(obs),
+                **{**self._progress_fields(job, obs), **metering},
             )
             return
-        fields: dict[str, object] = {
-            "bytes_scanned": outcome.bytes_scanned,
-            "bytes_selected": outcome.bytes_selected,
-            "bytes_returned": outcome.bytes_returned,
-            "core_seconds": outcome.core_seconds,
-            "chunks_done": outcome.chunks_read
-            if outcome.ok
-            else (obs.progress.chunks_done if obs.progress else 0),
-            "chunks_total": obs.progress.chunks_total if obs.progress else 0,
-        }
-        cap, source = result_cap(
-            job.result_cap_bytes, self.settings.limits.result_fraction, outcome.bytes_scanned
-        )
-        if outcome.ok and obs.results_bytes is not None and obs.results_bytes > cap:
-            message = too_large_message(obs.results_bytes, cap, source=source)
-            await asyncio.to_thread(self._discard_results, job)
-            await asyncio.to_thread(
-                self._apply,
-                job.id,
-                JobState.FAILED,
-                message,
-                error=message,
-                error_kind="result_too_large",
-                **fields,
-            )
-            return
-        if outcome.ok:
-            fields["chunks_done"] = fields["chunks_total"] or outcome.chunks_read
-            summary = (
-                f"scanned {format_size(outcome.bytes_scanned)}, returned "
-                f"{format_size(outcome.bytes_returned)} in {len(outcome.results)} result(s)"
-            )
-            await asyncio.to_thread(
-                self._apply,
-                job.id,
-                JobState.SUCCEEDED,
-                summary,
-                results=[r.model_dump(mode="json") for r in outcome.results],
-                **fields,
-            )
-        else:
-            await asyncio.to_thread(
-                self._apply,
-                job.id,
-                JobState.FAILED,
-                outcome.error or "the job failed",
-                error=outcome.error,
-                error_kind=outcome.error_kind,
-                **fields,
-            )
+        value = metering["accounting"]
+        assert isinstance(value, dict)
+        measured = Metered(float(value["core_seconds"]), str(value["core_seconds_source"]))
+        await asyncio.to_thread(self._settle, job.id, outcome, measured, scanned)
 
-    def _discard_results(self, job: Job) -> None:
-        workspace = objectstore.workspace(self.settings, job.workspace)
-        for name, _ in workspace.listdir(RESULTS_DIR):
-            workspace.fs.rm(workspace.path(f"{RESULTS_DIR}/{name}"))
+    def _settle(
+        self,
+        job_id: str,
+        outcome: report.JobReport | report.RefusedReport,
+        metered: Metered,
+        scanned: Metered | None,
+    ) -> None:
+        """Decide how the job ended from the server's own checks, in one transaction."""
+        with self.db.session() as session:
+            job = queries.job_by_id(session, job_id, lock=True)
+            if JobState(job.state).terminal:
+                return
+            workspace = objectstore.workspace(self.settings, job.workspace)
+            decided = settle.settle(
+                job,
+                workspace,
+                outcome,
+                metered,
+                scanned=scanned,
+                fraction=self.settings.limits.result_fraction,
+                now=utcnow(),
+            )
+            if decided.discard_results:
+                settle.discard(workspace)
+            for name, value in decided.fields.items():
+                setattr(job, name, value)
+            queries.transition(session, job, decided.state, decided.reason)
+            session.commit()

@@ -50,7 +50,9 @@ with background_server(settings) as server:
         at = {e["to_state"]: datetime.fromisoformat(e["at"]) for e in client.events(job["id"])}
         # Client.provenance is newer than some versions measured here: plain HTTP instead.
         provenance = client._http.get(f"/v1/jobs/{job['id']}/results/provenance.json")
-        timings = provenance.json()["timings"]
+        record = provenance.json()
+        # Newer versions keep the runner's own timings apart from the server's.
+        timings = record.get("reported_by_job", record)["timings"]
         out.append({"seconds": seconds,
                     "running_to_succeeded_s": (at["succeeded"] - at["running"]).total_seconds(),
                     "compute_s": timings["compute_s"]})

@@ -243,7 +243,7 @@ def _job_phases(admin: Client, answer: dict[str, Any], directory: Path) -> dict[
     provenance = json.loads(
         admin.download(answer["job_id"], "provenance.json", directory).read_text()
     )
-    timings = provenance.get("timings", {})
+    timings = provenance.get("reported_by_job", {}).get("timings", {})
     phases = dict(answer["phases"])
     if {"queued", "running", "succeeded"} <= set(at):
         phases["queued_to_running_s"] = at["running"] - at["queued"]
@@ -414,7 +414,7 @@ def run(
     selection = selection_stored_bytes(local, movie, selection_frames)
     with (
         common.s3_stack(home) as (_, settings),
-        background_server(settings) as server,
+        background_server(common.one_trusted_user(settings)) as server,
         Client(server.url, settings.admin_token_path.read_text().strip()) as admin,
     ):
         stored = common.upload(local, common.data_url(DATASET_FILE), settings)

@@ -23,7 +23,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import boto3
 import common
 import dask.array as da
 import numpy as np
@@ -107,18 +106,7 @@ def figures(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
 def run(directory: Path, movie: Movie = Movie(), repeats: int = 9) -> dict[str, Any]:
     """Start SeaweedFS under ``directory``, write the movie, measure both readers."""
     with SeaweedFS(directory) as server:
-        options: dict[str, Any] = {
-            "client_kwargs": {"endpoint_url": server.endpoint_url, "region_name": "us-east-1"},
-            "key": server.credentials.access_key_id,
-            "secret": server.credentials.secret_access_key,
-        }
-        boto3.client(
-            "s3",
-            endpoint_url=server.endpoint_url,
-            region_name="us-east-1",
-            aws_access_key_id=options["key"],
-            aws_secret_access_key=options["secret"],
-        ).create_bucket(Bucket=BUCKET)
+        options = common.bucket_options(server, BUCKET)
         url = f"s3://{BUCKET}/movie.zarr"
         started = time.perf_counter()
         writer = open_object_store(url, obstore_config(options) or {}, read_only=False)

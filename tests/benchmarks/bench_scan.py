@@ -153,7 +153,7 @@ class Bench:
         """Where a job's time went: from its events and the runtime's own timings."""
         events = self.client.events(job["id"])
         at = {e["to_state"]: datetime.fromisoformat(e["at"]) for e in events}
-        timings = self.client.provenance(job["id"])["timings"]
+        timings = self.client.provenance(job["id"])["reported_by_job"]["timings"]
 
         def between(a: str, b: str) -> float:
             return (at[b] - at[a]).total_seconds()

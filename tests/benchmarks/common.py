@@ -22,6 +22,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, TypeVar
 
+import boto3
 import numpy as np
 import zarr
 from zarr.abc.store import Store
@@ -171,6 +172,30 @@ def s3_stack(home: Path) -> Iterator[tuple[SeaweedFS, Settings]]:
         yield server, configured
     finally:
         server.stop()
+
+
+def bucket_options(server: SeaweedFS, bucket: str) -> dict[str, Any]:
+    """Create ``bucket`` on a bare SeaweedFS; s3fs-style options with the server's own key."""
+    options: dict[str, Any] = {
+        "client_kwargs": {"endpoint_url": server.endpoint_url, "region_name": "us-east-1"},
+        "key": server.credentials.access_key_id,
+        "secret": server.credentials.secret_access_key,
+    }
+    boto3.client(
+        "s3",
+        endpoint_url=server.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=options["key"],
+        aws_secret_access_key=options["secret"],
+    ).create_bucket(Bucket=bucket)
+    return options
+
+
+def one_trusted_user(settings: Settings) -> Settings:
+    """Settings for a benchmark's own server, whose one user may run uploaded code on the
+    local backend (the operator's choice for a one-trusted-user host; see Trust model)."""
+    local = settings.local.model_copy(update={"allow_untrusted_code": True})
+    return settings.model_copy(update={"local": local})
 
 
 def upload(local: Path, url: str, settings: Settings, workers: int = 16) -> int:

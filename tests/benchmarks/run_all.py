@@ -21,6 +21,7 @@ from typing import Any
 import bench_before_after
 import bench_course_load
 import bench_docker
+import bench_gateway
 import bench_proximal
 import bench_readers
 import bench_scan
@@ -35,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 BEFORE_FIX = "09525c2"
 BENCHMARKS: list[tuple[str, Any, list[str]]] = [
     ("zarr_reader_s3", bench_readers, []),
+    ("store_gateway", bench_gateway, []),
     ("scan", bench_scan, []),
     ("before_after", bench_before_after, ["--before", BEFORE_FIX]),
     ("data_proximal", bench_proximal, []),

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from insitu.catalog import ArrayInfo
 from insitu.db.models import AuditEvent, Course, Dataset, Job, JobEvent, User
+from insitu.services.egress import egress_of
 from insitu.services.quotas import parse_quota
 
 
@@ -35,6 +36,18 @@ class ResultPublic(BaseModel):
     sha256: str
     shape: list[int] | None = None
     dtype: str | None = None
+
+
+class EgressPublic(BaseModel):
+    """A job's egress budget and what each channel its owner reads has used of it."""
+
+    budget: int = Field(description="Bytes the job may return by every channel together.")
+    source: str = Field(description="Where the budget comes from.")
+    results: int
+    provenance: int
+    texts: int = Field(description="The job's error, reason and event texts.")
+    log: int = Field(description="The job's log as served to its owner.")
+    used: int
 
 
 class JobPublic(BaseModel):
@@ -65,6 +78,9 @@ class JobPublic(BaseModel):
     code_bundle: str | None
     spec: dict[str, Any]
     results: list[ResultPublic]
+    egress: EgressPublic
+    bytes_scanned_source: str | None = Field(None, description="How the server counted them.")
+    core_seconds_source: str | None = Field(None, description="How the backend measured them.")
 
     @classmethod
     def of(cls, job: Job) -> JobPublic:
@@ -97,6 +113,9 @@ class JobPublic(BaseModel):
             code_bundle=job.code_bundle_digest,
             spec=job.spec,
             results=[ResultPublic.model_validate(r) for r in job.results],
+            egress=EgressPublic(**(egress := egress_of(job)).to_json(), used=egress.used),
+            bytes_scanned_source=(job.accounting or {}).get("bytes_scanned_source"),
+            core_seconds_source=(job.accounting or {}).get("core_seconds_source"),
         )
 
 
@@ -130,6 +149,11 @@ class LogChunk(BaseModel):
     offset: int
     next_offset: int
     complete: bool = Field(description="True when the job has ended and no more log will come.")
+    cut: bool = Field(
+        False,
+        description="True when the rest of the log is withheld from its owner: it would exceed "
+        "the job's egress budget (admins read the whole log).",
+    )
 
 
 class ResultsPublic(BaseModel):

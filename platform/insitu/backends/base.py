@@ -95,6 +95,14 @@ class BackendStatus:
     detail: str | None = None
 
 
+@dataclass(frozen=True)
+class Metered:
+    """A figure the backend measured, and how."""
+
+    value: float
+    source: str
+
+
 class Backend(ABC):
     """Starts and stops jobs' Dask clusters and runners."""
 
@@ -119,6 +127,18 @@ class Backend(ABC):
     @abstractmethod
     async def cleanup(self, handle: JobHandle) -> None:
         """Remove what the job left behind (containers, pods); keep its workspace."""
+
+    async def core_seconds(self, handle: JobHandle, cores: int, wall_s: float) -> Metered:
+        """Core-seconds the job used, measured on the server's side, never told by the job.
+
+        The default charges what the job held: its reserved cores for its wall time.
+        """
+        return Metered(max(cores, 1) * max(wall_s, 0.0), "reserved cores x wall time")
+
+    async def bytes_scanned(self, handle: JobHandle) -> Metered | None:
+        """Dataset bytes the job read as counted on the trusted side, or None where the
+        bytes do not pass it (then the job's own count is believed up to a bound)."""
+        return None
 
     def check_image(self, image: str | None) -> None:  # noqa: B027 (optional hook)
         """Refuse, with a message, an image this backend cannot run jobs in (blocking)."""

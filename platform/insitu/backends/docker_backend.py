@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,17 +38,45 @@ from insitu.backends.base import (
     BackendStatus,
     JobHandle,
     LaunchRequest,
+    Metered,
     job_log_path,
     read_log,
     server_id,
 )
-from insitu.backends.docker_specs import LABEL_SERVER, LABEL_WORKER, plan, store_route
+from insitu.backends.docker_specs import (
+    LABEL_SERVER,
+    LABEL_WORKER,
+    StoreRoute,
+    plan,
+    store_route,
+)
 from insitu.config import Settings
 from insitu.errors import BackendError, InsituError, InvalidInput
 from insitu.images import ImageInfo, docker_client, inspect_image
 from insitu.units import format_size
 
 RELAY_START_TIMEOUT = 10.0
+# What the gateway signs with; the job's containers get placeholders instead.
+GATEWAY_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+PLACEHOLDER_KEY = "insitu-job-holds-no-key"
+
+
+def job_request(request: LaunchRequest, route: StoreRoute) -> LaunchRequest:
+    """The request as the job's containers see it: no store credential, the gateway as store.
+
+    The store's name resolves to the job's own loopback, where its gateway container
+    relays to the server's gateway, which speaks plain HTTP to the job.
+    """
+    env = {k: v for k, v in request.env.items() if k not in GATEWAY_CREDENTIALS}
+    env.update(
+        AWS_ACCESS_KEY_ID=PLACEHOLDER_KEY,
+        AWS_SECRET_ACCESS_KEY=PLACEHOLDER_KEY,
+        INSITU_STORE_ENDPOINT=f"http://{route.host}:{route.port}",
+        INSITU_CREDENTIALS_SCOPED="1",
+    )
+    return replace(request, env=env)
+
+
 REAP_GRACE = 10.0  # seconds a finished runner gets to log its last lines and exit
 ROOT_FALLBACK_USER = "10001:10001"
 _ORDER = {"gateway": 0, "scheduler": 1, "worker": 2, "runner": 3}
@@ -145,40 +174,58 @@ class DockerBackend(Backend):
             )
         )
 
-    def _start_relay(self, job_id: str, host: str, port: int) -> dict[str, Any]:
+    def _start_gateway(self, request: LaunchRequest, route: StoreRoute) -> dict[str, Any]:
+        """Start the job's store gateway on the socket its gateway container relays to.
+
+        The gateway holds the job's store credentials; the job's containers hold none.
+        """
+        job_id = request.job_id
         directory = self._socket_dir(job_id)
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.socket_root, 0o755)
         os.chmod(directory, 0o755)
         socket_path = directory / "store.sock"
-        with open(directory / "relay.log", "ab") as log:
+        counts = self.settings.home / "gateway" / f"{job_id}.json"
+        counts.parent.mkdir(parents=True, exist_ok=True)
+        storage = self.settings.storage
+        endpoint = storage.endpoint_url or f"https://s3.{storage.region}.amazonaws.com"
+        command = [
+            sys.executable, "-m", "insitu.gateway", "--listen", f"unix:{socket_path}",
+            "--endpoint", endpoint, "--region", storage.region, "--counts", str(counts),
+        ]  # fmt: skip
+        urls = (("--dataset", request.dataset_url), ("--workspace", request.workspace_url))
+        for flag, url in urls:
+            if url and url.startswith("s3://"):
+                command += [flag, url]
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": os.pathsep.join(sys.path),
+            **{k: v for k, v in request.env.items() if k in GATEWAY_CREDENTIALS},
+        }
+        with open(directory / "gateway.log", "ab") as log:
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "insitu.relay",
-                    "--listen",
-                    f"unix:{socket_path}",
-                    "--connect",
-                    f"tcp:{host}:{port}",
-                ],
+                command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join(sys.path)},
+                env=env,
             )
         deadline = time.monotonic() + RELAY_START_TIMEOUT
         while not socket_path.exists():
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 raise BackendError(
-                    f"the store relay for job {job_id} did not start; see {directory}/relay.log"
+                    f"the store gateway for job {job_id} did not start; see {directory}/gateway.log"
                 )
             time.sleep(0.02)
         return {
             "relay_pid": process.pid,
             "relay_create_time": psutil.Process(process.pid).create_time(),
+            "gateway_counts": str(counts),
+            "gateway_scan": bool(request.dataset_url and request.dataset_url.startswith("s3://")),
+            "store_access": "enforced by insitu's store gateway: the job holds no store "
+            "credential and may read only its dataset and workspace, write only its workspace",
         }
 
     def _prepare_workspace(self, url: str) -> None:
@@ -208,7 +255,8 @@ class DockerBackend(Backend):
         relay: dict[str, Any] = {}
         try:
             if route is not None:
-                relay = self._start_relay(request.job_id, route.host, route.port)
+                relay = self._start_gateway(request, route)
+                request = job_request(request, route)
             self._prepare_workspace(request.workspace_url)
             containers = plan(
                 request,
@@ -244,6 +292,7 @@ class DockerBackend(Backend):
                 "server": self.server_id,
                 "image": info.name,
                 "image_id": info.id,
+                "image_digest": info.digest,
                 "workers": request.resources.workers,
                 "memory_per_worker": request.resources.memory_per_worker,
                 **relay,
@@ -396,7 +445,7 @@ class DockerBackend(Backend):
         prefix = f"unix:{self.socket_root}/"
         for process in psutil.process_iter(["cmdline"]):
             cmdline = process.info.get("cmdline") or []
-            if "insitu.relay" in cmdline:
+            if "insitu.relay" in cmdline or "insitu.gateway" in cmdline:
                 listen = next((a for a in cmdline if a.startswith(prefix)), None)
                 if listen:
                     job_id = Path(listen.removeprefix("unix:")).parent.name
@@ -418,8 +467,12 @@ class DockerBackend(Backend):
     def _stop_relay(self, job_id: str, processes: list[psutil.Process] | None = None) -> None:
         for process in self._relays().get(job_id, []) if processes is None else processes:
             with contextlib.suppress(psutil.Error):
-                process.kill()
-                process.wait(5)
+                process.terminate()  # the gateway writes its counts a last time
+                try:
+                    process.wait(5)
+                except psutil.TimeoutExpired:
+                    process.kill()
+                    process.wait(5)
         shutil.rmtree(self._socket_dir(job_id), ignore_errors=True)
 
     def _cleanup(self, handle: JobHandle) -> None:
@@ -429,6 +482,8 @@ class DockerBackend(Backend):
         self._remove_all(handle.job_id, containers)
         self._stop_relay(handle.job_id, self._relay_of(handle))
         (self.log_dir / f"{handle.job_id}.cursor.json").unlink(missing_ok=True)
+        if handle.data.get("gateway_counts"):  # read by the dispatcher before cleanup
+            Path(handle.data["gateway_counts"]).unlink(missing_ok=True)
         with self._lock:
             self._log_locks.pop(handle.job_id, None)
 
@@ -443,6 +498,17 @@ class DockerBackend(Backend):
         finally:
             with self._lock:
                 self._reapers.pop(handle.job_id, None)
+
+    async def bytes_scanned(self, handle: JobHandle) -> Metered | None:
+        """The dataset bytes the job's store gateway let through."""
+        path = handle.data.get("gateway_counts")
+        if not path or not handle.data.get("gateway_scan"):
+            return None
+        try:
+            counts = json.loads(await asyncio.to_thread(Path(path).read_text))
+            return Metered(float(counts["scanned"]), "counted by insitu's store gateway")
+        except (OSError, ValueError, KeyError):
+            return None
 
     async def cancel(self, handle: JobHandle, grace: float = 5.0) -> None:
         await asyncio.to_thread(self._stop, handle.job_id, grace)

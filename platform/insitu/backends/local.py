@@ -7,12 +7,14 @@ environment, in its own session so that cancelling kills its workers too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -27,8 +29,10 @@ from insitu.backends.base import (
     BackendStatus,
     JobHandle,
     LaunchRequest,
+    Metered,
     job_log_path,
     read_log,
+    server_id,
 )
 from insitu.backends.warm_pool import WarmPool, pool_environment
 from insitu.config import Settings
@@ -36,7 +40,14 @@ from insitu.errors import BackendError
 
 log = logging.getLogger("insitu.backends.local")
 REAP_GRACE = 10.0  # seconds a finished runner gets to stop its cluster before it is killed
-_PRIVATE_PREFIXES = ("AWS_", "INSITU_STORAGE__", "INSITU_DATABASE_URL", "INSITU_TOKEN")
+# The platform's keys, and where the server keeps its tokens and database.
+_PRIVATE_PREFIXES = (
+    "AWS_",
+    "INSITU_STORAGE__",
+    "INSITU_DATABASE_URL",
+    "INSITU_TOKEN",
+    "INSITU_HOME",
+)
 
 
 def runner_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -53,11 +64,14 @@ class LocalBackend(Backend):
         self.settings = settings
         self.log_dir = settings.home / "logs"
         self.host = socket.gethostname()
+        self.server_id = server_id(settings)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        # CPU seconds of each job's processes, by (pid, start time), as last sampled.
+        self._cpu: dict[str, dict[tuple[int, float], float]] = {}
         self.pool: WarmPool | None = None
         if settings.local.warm_pool_workers > 0:
             self.pool = WarmPool(
-                settings, pool_environment(runner_environment(os.environ), settings.home)
+                settings, pool_environment(runner_environment(os.environ), self.server_id)
             )
             self.pool.start()
 
@@ -75,7 +89,8 @@ class LocalBackend(Backend):
             **request.env,
             "PYTHONUNBUFFERED": "1",
             "INSITU_JOB_ID": request.job_id,
-            "INSITU_RUNNER_HOME": str(self.settings.home),
+            # Which server's job this is, without saying where the server's home is.
+            "INSITU_SERVER_ID": self.server_id,
         }
         if self.pool is not None:
             try:
@@ -84,7 +99,7 @@ class LocalBackend(Backend):
                 log.warning("warm pool could not take job %s: %s", request.job_id, exc)
                 pid = None
             if pid is not None:
-                return self._handle(request.job_id, pid)
+                return self._handle(request.job_id, pid, pool=True)
         with open(self.log_path(request.job_id), "ab") as log_file:
             try:
                 process = subprocess.Popen(
@@ -94,19 +109,20 @@ class LocalBackend(Backend):
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,
                     env=env,
-                    cwd=self.log_dir,
+                    cwd=tempfile.gettempdir(),  # never inside the server's home
                 )
             except OSError as exc:
                 raise BackendError(f"could not start the job's process: {exc}") from exc
         self._children[request.job_id] = process
         return self._handle(request.job_id, process.pid)
 
-    def _handle(self, job_id: str, pid: int) -> JobHandle:
+    def _handle(self, job_id: str, pid: int, *, pool: bool = False) -> JobHandle:
         try:
             created = psutil.Process(pid).create_time()
         except psutil.Error:
             created = time.time()
-        return JobHandle("local", job_id, {"pid": pid, "create_time": created, "host": self.host})
+        data = {"pid": pid, "create_time": created, "host": self.host, "pool": pool}
+        return JobHandle("local", job_id, data)
 
     async def start(self, request: LaunchRequest) -> JobHandle:
         return await asyncio.to_thread(self._spawn, request)
@@ -130,6 +146,7 @@ class LocalBackend(Backend):
         if child is not None:
             code = child.poll()
             if code is None:
+                self._sample_cpu(handle)
                 return BackendStatus(BackendPhase.RUNNING)
             return BackendStatus(BackendPhase.EXITED, exit_code=code)
         if handle.data.get("host") != self.host:
@@ -137,11 +154,39 @@ class LocalBackend(Backend):
                 BackendPhase.MISSING, detail=f"the job ran on host {handle.data.get('host')!r}"
             )
         if self._process(handle) is not None:
+            self._sample_cpu(handle)
             return BackendStatus(BackendPhase.RUNNING)
         return BackendStatus(BackendPhase.EXITED, detail="the runner process is gone")
 
     async def status(self, handles: Iterable[JobHandle]) -> dict[str, BackendStatus]:
         return {h.job_id: self._status_one(h) for h in handles}
+
+    def _sample_cpu(self, handle: JobHandle) -> None:
+        """Record the CPU time of the runner and every process below it (its Dask cluster)."""
+        process = self._process(handle)
+        if process is None:
+            return
+        seen = self._cpu.setdefault(handle.job_id, {})
+        with contextlib.suppress(psutil.Error):
+            members = [process] if handle.data.get("pool") else [process, *process.children(True)]
+            for member in members:
+                with contextlib.suppress(psutil.Error):
+                    times = member.cpu_times()
+                    used = times.user + times.system + times.children_user + times.children_system
+                    key = (member.pid, member.create_time())
+                    seen[key] = max(seen.get(key, 0.0), used)
+
+    async def core_seconds(self, handle: JobHandle, cores: int, wall_s: float) -> Metered:
+        """CPU time of the job's processes, sampled by the server while they ran.
+
+        A warm-pool job shares its workers with others, so it is charged its reserved
+        cores for its wall time instead.
+        """
+        if handle.data.get("pool"):
+            return await super().core_seconds(handle, cores, wall_s)
+        await asyncio.to_thread(self._sample_cpu, handle)
+        used = sum(self._cpu.pop(handle.job_id, {}).values())
+        return Metered(used, "CPU time of the job's processes, sampled by the server")
 
     async def logs(self, handle: JobHandle, offset: int = 0) -> tuple[bytes, int]:
         return await asyncio.to_thread(read_log, self.log_path(handle.job_id), offset)
@@ -195,7 +240,7 @@ class LocalBackend(Backend):
             if "insitu.runtime" not in cmdline:
                 continue
             environ = info.get("environ") or {}
-            if environ.get("INSITU_RUNNER_HOME") != str(self.settings.home):
+            if environ.get("INSITU_SERVER_ID") != self.server_id:
                 continue  # another insitu server's job
             job_id = environ.get("INSITU_JOB_ID")
             if job_id and job_id not in live_job_ids and job_id not in self._children:

@@ -116,6 +116,6 @@ class WarmPool:
             (self.directory / name).unlink(missing_ok=True)
 
 
-def pool_environment(base: dict[str, str], home: Path) -> dict[str, str]:
+def pool_environment(base: dict[str, str], server: str) -> dict[str, str]:
     """The pool processes' environment: the runners' (no platform secrets), marked."""
-    return {**base, "PYTHONUNBUFFERED": "1", "INSITU_RUNNER_HOME": str(home)}
+    return {**base, "PYTHONUNBUFFERED": "1", "INSITU_SERVER_ID": server}

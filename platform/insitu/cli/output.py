@@ -208,10 +208,11 @@ def job_table(job: dict[str, Any]) -> Table:
         ("entrypoint", job["spec"]["analysis"]["entrypoint"]),
         ("progress", f"{progress['chunks_done']}/{progress['chunks_total']} chunks"),
         ("selected", format_size(job["bytes_selected"] or None)),
-        ("scanned", format_size(job["bytes_scanned"])),
+        ("scanned", _with_source(format_size(job["bytes_scanned"]), job, "bytes_scanned")),
         ("returned", f"{format_size(job['bytes_returned'])} (reduction {reduction(job)})"),
         ("result cap", format_size(job["result_cap_bytes"])),
-        ("core-seconds", f"{job['core_seconds']:.1f}"),
+        ("egress", egress_text(job)),
+        ("core-seconds", _with_source(f"{job['core_seconds']:.1f}", job, "core_seconds")),
         ("time", format_duration(job_seconds(job))),
         ("submitted", local_time(job["created_at"])),
         ("results", ", ".join(r["filename"] for r in job["results"]) or "-"),
@@ -219,6 +220,25 @@ def job_table(job: dict[str, Any]) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _with_source(value: str, job: dict[str, Any], field: str) -> str:
+    source = job.get(f"{field}_source")
+    return f"{value} ({source})" if source else value
+
+
+def egress_text(job: dict[str, Any]) -> str:
+    """The job's egress budget and what each channel its owner reads has used of it."""
+    egress = job.get("egress")
+    if not egress:
+        return "-"
+    channels = ", ".join(
+        f"{name} {format_size(egress[name])}" for name in ("results", "provenance", "texts", "log")
+    )
+    return (
+        f"{format_size(egress['used'])} of {format_size(egress['budget'])} used ({channels}); "
+        f"budget: {egress['source']}"
+    )
 
 
 def events_table(events: Iterable[dict[str, Any]]) -> Table:

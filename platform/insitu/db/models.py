@@ -197,6 +197,10 @@ class Job(Base):
     bytes_returned: Mapped[int] = mapped_column(BigInteger, default=0)
     core_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     results: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # What the server measured and decided about the job (egress by channel, metering
+    # sources, what the job reported), and the provenance the server wrote from its records.
+    accounting: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     owner: Mapped[User] = relationship()
     dataset: Mapped[Dataset] = relationship()

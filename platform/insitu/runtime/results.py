@@ -14,8 +14,11 @@ import numpy as np
 from insitu.errors import AnalysisFailed, ResultTooLarge
 from insitu.units import format_size
 
-_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+RESULT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Bytes a job may return on top of its cap, for its record (provenance, error and event
+# texts); the server's egress budget allows the same.
+RECORD_ALLOWANCE = 8 << 10
 
 
 class PNG(bytes):
@@ -76,10 +79,12 @@ def _json_default(value: Any) -> Any:
 
 def encode(key: str, value: Any) -> Encoded:
     """Serialise one computed result by its type."""
-    if not isinstance(key, str) or not _KEY_RE.match(key):
+    if not isinstance(key, str) or not RESULT_KEY.match(key):
         raise AnalysisFailed(
             f"result name {key!r} cannot be a file name; use letters, digits, '.', '_' or '-'"
         )
+    if key == "provenance":
+        raise AnalysisFailed("'provenance' is the name of insitu's own record; rename the result")
     if isinstance(value, PNG) or (isinstance(value, bytes) and value.startswith(_PNG_MAGIC)):
         return Encoded(key, f"{key}.png", "image", "image/png", bytes(value))
     if type(value).__module__.startswith("PIL.") and hasattr(value, "save"):
@@ -128,12 +133,19 @@ def encode(key: str, value: Any) -> Encoded:
 def result_cap(
     absolute: int, fraction: float | None = None, scanned: int | None = None
 ) -> tuple[int, str]:
-    """The cap in force and where it comes from: the absolute cap, or a share of the scan."""
+    """The cap in force and where it comes from: the absolute cap, or a share of the scan.
+
+    The runtime checks it early, as a courtesy; the server's egress budget decides, and
+    allows as much plus :data:`RECORD_ALLOWANCE` for the job's record.
+    """
+    allowance = f" + {format_size(RECORD_ALLOWANCE)} for the job's record"
     if fraction is not None and scanned is not None:
         relative = int(fraction * scanned)
         if relative < absolute:
-            return relative, f"{fraction:.0%} of the {format_size(scanned)} it scanned"
-    return absolute, "limits.max_result_bytes"
+            source = f"{fraction:.0%} of the {format_size(scanned)} it scanned{allowance}"
+            return relative + RECORD_ALLOWANCE, source
+    source = f"limits.max_result_bytes = {format_size(absolute)}{allowance}"
+    return absolute + RECORD_ALLOWANCE, source
 
 
 def check_cap(

@@ -18,7 +18,6 @@ import threading
 import time
 import traceback
 from contextlib import ExitStack
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,11 @@ from insitu.errors import AnalysisFailed, BackendError, InsituError, ResultTooLa
 from insitu.runtime import bundle, metering
 from insitu.runtime.context import RunContext
 from insitu.runtime.reader import open_selection
-from insitu.runtime.results import Encoded, check_cap, encode, too_large_message
+from insitu.runtime.results import check_cap, encode, result_cap, too_large_message
 from insitu.runtime.workspace import (
     CODE_FILE,
     JOB_FILE,
     OUTCOME_FILE,
-    PROVENANCE_FILE,
     RESULTS_DIR,
     STATUS_FILE,
     JobInput,
@@ -44,10 +42,12 @@ from insitu.runtime.workspace import (
     ResultFile,
     Workspace,
 )
+from insitu.storage import through_gateway
 from insitu.units import format_size
 
 log = logging.getLogger("insitu.runtime")
 PROGRESS_INTERVAL = 0.5
+ERROR_CHARS = 8192  # of an error text in the outcome; the server keeps even less
 
 
 def import_entrypoint(entrypoint: str) -> Any:
@@ -193,47 +193,32 @@ def _compute(returned: dict[str, Any], cap: int) -> dict[str, Any]:
         for v in lazy.values()
         if hasattr(v, "shape") and hasattr(v, "dtype") and not any(map(math.isnan, v.shape))
     )
-    if known > cap:
-        raise ResultTooLarge(too_large_message(known, cap))
+    limit, source = result_cap(cap)
+    if known > limit:
+        raise ResultTooLarge(too_large_message(known, limit, source=source))
     if lazy:
         values = dask.compute(*lazy.values())
         returned = {**returned, **dict(zip(lazy, values, strict=True))}
     return returned
 
 
-def _provenance(job: JobInput, encoded: list[Encoded], outcome: Outcome) -> dict[str, Any]:
-    store_scoped = os.environ.get("INSITU_CREDENTIALS_SCOPED") == "1"
-    return {
-        "job_id": job.job_id,
-        "created_at": datetime.now(UTC).isoformat(),
-        "insitu_version": __version__,
-        "spec": job.spec,
-        "spec_sha256": job.spec_digest,
-        "image": job.image,
-        "image_id": os.environ.get("INSITU_IMAGE_ID"),
-        "image_digest": os.environ.get("INSITU_IMAGE_DIGEST"),
-        "environment": {
-            "python": platform.python_version(),
-            "dask": dask.__version__,
-            "numpy": np.__version__,
-            "zarr": importlib.import_module("zarr").__version__,
-        },
-        "code_bundle_sha256": job.code_bundle_digest,
-        "dataset": {
-            "name": job.dataset,
-            "url": job.dataset_url,
-            "version": job.dataset_version,
-            "array": job.array.path,
-            "selection": dict(zip(job.array.axes, job.ranges, strict=True)),
-        },
-        "access_scope": "enforced by the store's credentials"
-        if store_scoped
-        else "not enforced by the store; the runtime opened only this dataset",
-        "bytes_scanned": outcome.bytes_scanned,
-        "bytes_returned": outcome.bytes_returned,
-        "timings": outcome.timings,
-        "results": [{"file": e.filename, "sha256": e.sha256, "size": len(e.data)} for e in encoded],
+def _short(text: str, limit: int = ERROR_CHARS) -> str:
+    """An error text short enough for the outcome (the log keeps the whole traceback)."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f" [... {len(text) - limit} more characters cut; see the job's log]"
+
+
+def _environment() -> dict[str, str]:
+    """Versions of what the job ran with, reported to the server (which labels them so)."""
+    versions = {
+        "python": platform.python_version(),
+        "dask": dask.__version__,
+        "numpy": np.__version__,
+        "zarr": importlib.import_module("zarr").__version__,
+        "insitu": __version__,
     }
+    return {k: str(v)[:100] for k, v in versions.items()}
 
 
 def run_job(
@@ -347,11 +332,11 @@ def run_job(
             timings["write_s"] = time.perf_counter() - writing
             outcome.ok = True
         except InsituError as exc:
-            outcome.error, outcome.error_kind = exc.message, exc.code
+            outcome.error, outcome.error_kind = _short(exc.message), exc.code
             log.error("job failed: %s", exc.message)
         except Exception as exc:
             log.error("internal error:\n%s", traceback.format_exc())
-            outcome.error = f"insitu's runtime failed: {type(exc).__name__}: {exc}"
+            outcome.error = _short(f"insitu's runtime failed: {type(exc).__name__}: {exc}")
             outcome.error_kind = "internal"
         finally:
             if reporter is not None and not outcome.ok:
@@ -365,9 +350,7 @@ def run_job(
         timings["total_s"] = time.perf_counter() - started
         outcome.timings = timings
         outcome.core_seconds = cores * (timings["total_s"] - timings.get("cluster_start_s", 0.0))
-        if outcome.ok:
-            provenance = _provenance(job, encoded, outcome)
-            workspace.write_json(f"{RESULTS_DIR}/{PROVENANCE_FILE}", provenance)
+        outcome.environment = _environment()
         total = reporter.chunks_total if reporter is not None else 0
         finish(workspace, outcome, total)  # before the cluster winds down: the job is over now
         if client is not None:  # shared (warm) workers keep no counters of ended jobs
@@ -416,12 +399,13 @@ def main(argv: list[str] | None = None) -> int:
         force=True,
     )
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    options = json.loads(os.environ.get("INSITU_WORKSPACE_OPTIONS") or "{}")
+    options = through_gateway(json.loads(os.environ.get("INSITU_WORKSPACE_OPTIONS") or "{}"))
     workspace = Workspace(args.workspace, options)
     job = workspace.read_model(JOB_FILE, JobInput)
     if job is None:
         print(f"no readable {JOB_FILE} in {args.workspace}", file=sys.stderr)
         return 2
+    job.storage_options = through_gateway(job.storage_options)
     outcome = run_job(
         workspace,
         job,

@@ -1,7 +1,9 @@
 """A job's workspace: the URL prefix where its inputs, progress, logs and results live.
 
 The server writes ``job.json`` (and ``code.tar.gz``); the runtime writes
-``status.json`` while it runs, ``results/`` and ``outcome.json`` when it ends.
+``status.json`` while it runs, ``results/`` and ``outcome.json`` when it ends. What the
+runtime writes is a report: the server lists, counts and checks it itself
+(:mod:`insitu.trusted`) and writes the provenance from its own records.
 Every backend uses the same layout, so the server reads a job the same way wherever
 it ran.
 """
@@ -84,6 +86,7 @@ class Outcome(BaseModel):
     chunks_read: int = 0
     core_seconds: float = 0.0
     timings: dict[str, float] = Field(default_factory=dict)
+    environment: dict[str, str] = Field(default_factory=dict)
 
 
 class Workspace:

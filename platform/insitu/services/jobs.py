@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from typing import Any
@@ -15,13 +16,15 @@ from insitu.catalog import resolve_selection
 from insitu.config import Settings
 from insitu.db import queries
 from insitu.db.models import Job, User
-from insitu.errors import Conflict, InvalidInput, NotFound
+from insitu.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from insitu.runtime.workspace import CODE_FILE, JOB_FILE, JobInput
 from insitu.services import access, quotas
+from insitu.services.auth import Role
 from insitu.services.bundles import BundleStore
 from insitu.services.datasets import info_of
 from insitu.spec import JobSpec, load_spec
 from insitu.states import JobState
+from insitu.trusted import scan
 from insitu.units import format_duration, format_size
 
 
@@ -59,6 +62,34 @@ def check_resources(spec: JobSpec, settings: Settings) -> None:
         raise InvalidInput("the job asks for more than this server allows: " + "; ".join(problems))
 
 
+def check_local_trust(spec: JobSpec, settings: Settings, owner: User, has_code: bool) -> None:
+    """On the local backend, only admins run their own code; others, installed analyses.
+
+    A local job runs as the server's own user, so its code could read the server's files.
+    """
+    if settings.backend != "local" or owner.role == Role.ADMIN.value:
+        return
+    if settings.local.allow_untrusted_code:
+        return
+    installed = settings.local.installed_analyses
+    choices = ", ".join(installed) if installed else "none are installed"
+    isolate = (
+        "ask the operator to run insitu with the docker or kubernetes backend, which "
+        "isolates each job"
+    )
+    if has_code:
+        raise PermissionDenied(
+            "this server runs jobs on the local backend, as the server's own user, so only its "
+            f"admins may upload code. Use an installed analysis ({choices}), or {isolate}"
+        )
+    module = spec.analysis.entrypoint.split(":", 1)[0].split(".", 1)[0]
+    if module not in installed:
+        raise PermissionDenied(
+            f"entrypoint {spec.analysis.entrypoint!r} is not an installed analysis of this "
+            f"server (local backend: {choices}); name one of those, or {isolate}"
+        )
+
+
 def submit(
     session: Session,
     settings: Settings,
@@ -76,6 +107,7 @@ def submit(
     quotas.check_submit(owner, spec.resources.workers, usage)
     dataset = queries.dataset_by_name(session, spec.dataset)
     access.require_read(session, owner, dataset)
+    check_local_trust(spec, settings, owner, code_bundle is not None)
     info = info_of(dataset)
     array = info.array(spec.array, dataset=f"dataset {dataset.name!r}")
     ranges = resolve_selection(array, spec.select, dataset=f"dataset {dataset.name!r}")
@@ -107,6 +139,7 @@ def submit(
         bytes_selected=math.prod(stop - start for start, stop in ranges)
         * np.dtype(array.dtype).itemsize,
         results=[],
+        accounting={"scan_bound": scan.selection_bound(array, ranges)},
     )
     session.add(job)
     session.flush()
@@ -177,12 +210,22 @@ def result_file(job: Job, filename: str) -> dict[str, Any]:
     if job.state != JobState.SUCCEEDED.value:
         raise Conflict(f"job {job.id} is {job.state}; results exist only once it has succeeded")
     names = [r["filename"] for r in job.results] + ["provenance.json"]
+    if filename == "provenance.json" and job.provenance is None:
+        raise NotFound(
+            f"job {job.id} ended before this server kept provenance records; rerun it "
+            f"('insitu rerun {job.id}') for one"
+        )
     if filename not in names:
         raise NotFound(f"job {job.id} has no result {filename!r}; it has {', '.join(names)}")
     for record in job.results:
         if record["filename"] == filename:
             return dict(record)
     return {"filename": filename, "media_type": "application/json"}
+
+
+def provenance_bytes(job: Job) -> bytes:
+    """The provenance the server wrote for a succeeded job, as served."""
+    return json.dumps(job.provenance or {}, indent=2).encode()
 
 
 def record_download(

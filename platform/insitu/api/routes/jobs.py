@@ -22,8 +22,8 @@ from insitu.api.schemas import (
 )
 from insitu.backends.base import JobHandle
 from insitu.db import queries
-from insitu.runtime.workspace import RESULTS_DIR
-from insitu.services import jobs
+from insitu.runtime.workspace import PROVENANCE_FILE, RESULTS_DIR
+from insitu.services import egress, jobs
 from insitu.services.auth import Role
 from insitu.states import JobState
 
@@ -103,11 +103,18 @@ async def job_logs(
     data, next_offset = await request.app.state.backend.logs(
         JobHandle.from_json(job.handle), offset
     )
+    cut = False
+    notice = ""
+    if user.role != Role.ADMIN.value:  # admins read the whole log; owners within the budget
+        window = egress.owner_log(session, job, data, offset)
+        data, next_offset, cut, notice = window.data, window.next_offset, window.cut, window.notice
+        session.commit()
     return LogChunk(
-        text=data.decode("utf-8", errors="replace"),
+        text=data.decode("utf-8", errors="replace") + notice,
         offset=offset,
         next_offset=next_offset,
         complete=complete and next_offset == offset,
+        cut=cut,
     )
 
 
@@ -133,21 +140,35 @@ def download_result(
     """Download one result file (or provenance.json), streamed or by a presigned URL."""
     job = jobs.visible_job(session, user, job_id)
     record = jobs.result_file(job, filename)
+    if filename == PROVENANCE_FILE:  # written by the server, kept in its database
+        body = jobs.provenance_bytes(job)
+        jobs.record_download(session, user, job, {**record, "size": len(body)}, presigned=False)
+        return Response(body, media_type="application/json", headers=_attachment(filename))
     location = f"{job.workspace}/{RESULTS_DIR}/{filename}"
-    presigned = redirect and objectstore.is_s3(location)
+    workspace = objectstore.workspace(settings, job.workspace)
+    presigned = (
+        redirect
+        and objectstore.is_s3(location)
+        and workspace.size(f"{RESULTS_DIR}/{filename}") == record["size"]
+    )
     jobs.record_download(session, user, job, record, presigned=presigned)
     if presigned:
         url = objectstore.presign(settings, location, filename)
         return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
-    workspace = objectstore.workspace(settings, job.workspace)
     handle = workspace.open(f"{RESULTS_DIR}/{filename}")
+    size = int(record["size"])
 
     def chunks() -> Iterator[bytes]:
+        # Never more than the server counted when the job ended, whatever the file is now.
+        left = size
         with handle:
-            while block := handle.read(1 << 20):
+            while left > 0 and (block := handle.read(min(1 << 20, left))):
+                left -= len(block)
                 yield block
 
-    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
-    if "size" in record:
-        headers["Content-Length"] = str(record["size"])
+    headers = {**_attachment(filename), "Content-Length": str(size)}
     return StreamingResponse(chunks(), media_type=record["media_type"], headers=headers)
+
+
+def _attachment(filename: str) -> dict[str, str]:
+    return {"Content-Disposition": f'attachment; filename="{filename}"'}
