@@ -7,6 +7,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -179,6 +180,32 @@ def slow(data, *, context, seconds=60):
 '''
     )
     return code
+
+
+# -- Docker: the engine and the example's analysis image, built once a session ------------
+
+
+@pytest.fixture(scope="session")
+def engine() -> Any:
+    """The Docker engine (fails under INSITU_REQUIRE=docker when there is none)."""
+    import dockerlab
+
+    return dockerlab.engine()
+
+
+@pytest.fixture(scope="session")
+def ophys_image(engine: Any) -> Any:
+    """The ophys example's image on the Debian base, built as a user would."""
+    import dockerlab
+    from insitu import images
+
+    return images.build(
+        engine,
+        dockerlab.ROOT / "examples" / "ophys",
+        dockerlab.OPHYS_IMAGE,
+        build_args={"BASE_IMAGE": dockerlab.debian_base()},
+        ca_bundle=dockerlab.ca_bundle(),
+    )
 
 
 # -- a real S3 server (SeaweedFS), shared by a test module --------------------------------

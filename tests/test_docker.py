@@ -110,24 +110,6 @@ def double_mean(data, *, context):
 # -- images and the engine ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def engine() -> Any:
-    return dockerlab.engine()
-
-
-@pytest.fixture(scope="module")
-def ophys_image(engine: Any) -> images.BuiltImage:
-    """The ophys example's image on the Debian base, built as a user would."""
-    base = dockerlab.debian_base()
-    return images.build(
-        engine,
-        dockerlab.ROOT / "examples" / "ophys",
-        dockerlab.OPHYS_IMAGE,
-        build_args={"BASE_IMAGE": base},
-        ca_bundle=dockerlab.ca_bundle(),
-    )
-
-
 @pytest.fixture(scope="module", autouse=True)
 def nothing_left_behind(engine: Any) -> Iterator[None]:
     """After every test here: no job container, and no volume or network more than before."""

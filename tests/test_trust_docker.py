@@ -2,68 +2,120 @@
 
 Every user may run their own code here: the job runs in containers of its own, so the
 participant's code is refused nothing at submit and each attack must fail on the
-server's side. Needs Docker and SeaweedFS (CI requires both).
+server's side. One server serves the module; the attacks are submitted together and run
+side by side, and each test checks one of them. Needs Docker and SeaweedFS (CI requires
+both).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import zarr
+from zarr.storage import FsspecStore
 
 import dockerlab
 import trust_checks as checks
+from insitu import images, objectstore
 from insitu.backends.docker_backend import PLACEHOLDER_KEY
 from insitu.client import Client
 from insitu.config import Settings
-from test_docker import (  # noqa: F401 (fixtures)
-    docker_server,
-    docker_settings,
-    engine,
-    nothing_left_behind,
-    ophys_image,
-)
+from insitu.seaweedfs import DATA_BUCKET, SeaweedFS
+from insitu.server import BackgroundServer
+from test_docker import nothing_left_behind  # noqa: F401 (a fixture)
 
-pytestmark = [pytest.mark.docker, pytest.mark.s3, pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.docker, pytest.mark.s3, pytest.mark.slow, pytest.mark.timeout(300)]
+
+ATTACKS = {  # attack -> its job's result cap
+    "steal_secrets": "1MiB",
+    "print_raw": "16KiB",
+    "raise_raw": "16KiB",
+    "rewrite_provenance": "16KiB",
+    "forge_core_seconds": "16KiB",
+    "forge_scan": "4MiB",
+    "forge_names": "16KiB",
+}
 
 
-@pytest.fixture
-def people(
-    docker_server: Client,  # noqa: F811
-    docker_settings: Settings,  # noqa: F811
-    s3_movie: tuple[str, np.ndarray],
+def _movie(settings: Settings) -> str:
+    """The test movie's shape and chunks, in the data bucket under a unique prefix."""
+    rng = np.random.default_rng(7)
+    data = rng.integers(0, 4000, size=(90, 37, 29), dtype=np.uint16)
+    url = f"s3://{DATA_BUCKET}/{uuid.uuid4().hex[:8]}/movie.zarr"
+    store = FsspecStore.from_url(
+        url, storage_options=objectstore.platform_options(settings, url), read_only=False
+    )
+    array = zarr.create_array(
+        store,
+        shape=data.shape,
+        chunks=(32, 16, 16),
+        dtype="uint16",
+        dimension_names=["t", "y", "x"],
+    )
+    array[:] = data
+    return url
+
+
+@pytest.fixture(scope="module")
+def attacked(
+    s3_home: tuple[SeaweedFS, Settings],
+    tmp_path_factory: pytest.TempPathFactory,
+    ophys_image: images.BuiltImage,
 ) -> Iterator[dict[str, Any]]:
-    docker_server.register_dataset("lab/movie", s3_movie[0], access="public")
-    made = docker_server.add_user("mallory", "participant")
-    with Client(docker_server.url, made["token"]) as mallory:
-        yield {
-            "admin": docker_server,
-            "mallory": mallory,
-            "admin_token": docker_settings.admin_token_path.read_text().strip(),
-        }
+    """A docker server, a participant, and every attack submitted as one of their jobs."""
+    _, configured = s3_home
+    home = tmp_path_factory.mktemp("trust-docker")
+    settings = Settings(
+        home=home / "home",
+        backend="docker",
+        server={"port": 0},  # type: ignore[arg-type]
+        dispatcher={"poll_interval": 0.05, "id": f"test-{uuid.uuid4().hex[:6]}"},  # type: ignore[arg-type]
+        storage=configured.storage,
+        workspace_url=configured.workspace_url,
+    )
+    server = BackgroundServer(settings).start()
+    admin_token = settings.admin_token_path.read_text().strip()
+    try:
+        with Client(server.url, admin_token) as admin:
+            admin.register_dataset("lab/movie", _movie(settings), access="public")
+            made = admin.add_user("mallory", "participant")
+            with Client(server.url, made["token"]) as mallory:
+                code = checks.attack_code(home / "code")
+                jobs = {}
+                for attack, cap in ATTACKS.items():
+                    spec = {
+                        "dataset": "lab/movie",
+                        "analysis": {
+                            "image": dockerlab.OPHYS_IMAGE,
+                            "entrypoint": f"attacks:{attack}",
+                        },
+                        "resources": {"workers": 1, "memory_per_worker": "1GiB"},
+                        "limits": {"max_result_bytes": cap},
+                    }
+                    jobs[attack] = str(mallory.submit(spec, code=code)["id"])
+                for job_id in jobs.values():
+                    mallory.wait(job_id, timeout=240)
+                yield {
+                    "admin": admin,
+                    "mallory": mallory,
+                    "admin_token": admin_token,
+                    "jobs": jobs,
+                }
+    finally:
+        server.stop()
 
 
-def _attack(people: dict[str, Any], tmp_path: Path, name: str, cap: str = "16KiB") -> str:
-    code = checks.attack_code(tmp_path / "code")
-    spec = {
-        "dataset": "lab/movie",
-        "analysis": {"image": dockerlab.OPHYS_IMAGE, "entrypoint": f"attacks:{name}"},
-        "resources": {"workers": 1, "memory_per_worker": "1GiB"},
-        "limits": {"max_result_bytes": cap},
-    }
-    return str(people["mallory"].submit(spec, code=code)["id"])
-
-
-def test_a_job_finds_no_secret_of_the_server(people: dict[str, Any], tmp_path: Path) -> None:
-    job_id = _attack(people, tmp_path, "steal_secrets", cap="1MiB")
-    mallory = people["mallory"]
-    done = mallory.wait(job_id, timeout=120)
+def test_a_job_finds_no_secret_of_the_server(attacked: dict[str, Any]) -> None:
+    mallory, job_id = attacked["mallory"], attacked["jobs"]["steal_secrets"]
+    done = mallory.job(job_id)
     assert done["state"] == "succeeded", (done["error"], mallory.log_text(job_id)[-3000:])
     loot = mallory.result(job_id, "loot")
-    checks.check_secrets(done, loot, people["admin_token"])
+    checks.check_secrets(done, loot, attacked["admin_token"])
     # No store credential either: only the placeholder the gateway ignores.
     assert loot["env"].get("INSITU_STORE_ENDPOINT", "").startswith("http://")
     assert loot["env"]["AWS_SECRET_ACCESS_KEY"] == PLACEHOLDER_KEY
@@ -71,42 +123,40 @@ def test_a_job_finds_no_secret_of_the_server(people: dict[str, Any], tmp_path: P
 
 
 def test_raw_data_printed_to_the_log_is_cut_at_the_budget(
-    people: dict[str, Any], tmp_path: Path
+    attacked: dict[str, Any], tmp_path: Path
 ) -> None:
-    job_id = _attack(people, tmp_path, "print_raw")
-    checks.check_log(people["mallory"], people["admin"], job_id, tmp_path / "out")
+    job_id = attacked["jobs"]["print_raw"]
+    checks.check_log(attacked["mallory"], attacked["admin"], job_id, tmp_path / "out")
 
 
-def test_raw_data_in_the_error_text_is_cut(people: dict[str, Any], tmp_path: Path) -> None:
-    job_id = _attack(people, tmp_path, "raise_raw")
-    checks.check_error(people["mallory"], job_id, tmp_path / "out")
+def test_raw_data_in_the_error_text_is_cut(attacked: dict[str, Any], tmp_path: Path) -> None:
+    checks.check_error(attacked["mallory"], attacked["jobs"]["raise_raw"], tmp_path / "out")
 
 
 def test_a_provenance_written_by_the_job_is_never_served(
-    people: dict[str, Any], tmp_path: Path
+    attacked: dict[str, Any], tmp_path: Path
 ) -> None:
-    job_id = _attack(people, tmp_path, "rewrite_provenance")
-    checks.check_provenance(people["mallory"], job_id, tmp_path / "out")
+    job_id = attacked["jobs"]["rewrite_provenance"]
+    checks.check_provenance(attacked["mallory"], job_id, tmp_path / "out")
 
 
 def test_forged_core_seconds_are_refused_and_metered_by_the_server(
-    people: dict[str, Any], tmp_path: Path
+    attacked: dict[str, Any],
 ) -> None:
-    job_id = _attack(people, tmp_path, "forge_core_seconds")
-    checks.check_forged_core_seconds(people["mallory"], job_id)
+    checks.check_forged_core_seconds(attacked["mallory"], attacked["jobs"]["forge_core_seconds"])
 
 
 def test_a_forged_scan_does_not_lift_the_fraction_cap(
-    people: dict[str, Any], tmp_path: Path
+    attacked: dict[str, Any], tmp_path: Path
 ) -> None:
-    job_id = _attack(people, tmp_path, "forge_scan", cap="4MiB")
+    job_id = attacked["jobs"]["forge_scan"]
     checks.check_forged_scan(
-        people["mallory"], job_id, tmp_path / "out", "counted by insitu's store gateway"
+        attacked["mallory"], job_id, tmp_path / "out", "counted by insitu's store gateway"
     )
 
 
 def test_forged_result_names_never_leave_the_download_folder(
-    people: dict[str, Any], tmp_path: Path
+    attacked: dict[str, Any], tmp_path: Path
 ) -> None:
-    job_id = _attack(people, tmp_path, "forge_names")
-    checks.check_forged_names(people["mallory"], job_id, tmp_path / "out")
+    job_id = attacked["jobs"]["forge_names"]
+    checks.check_forged_names(attacked["mallory"], job_id, tmp_path / "out")
