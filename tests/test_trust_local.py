@@ -108,6 +108,7 @@ def test_a_local_job_is_not_told_where_the_server_lives(
     """Defence in depth: no home in the environment, no working folder inside it."""
     job_id = _attack(trusting, tmp_path, "steal_secrets", max_result_bytes="1MiB")
     done = trusting["mallory"].wait(job_id, timeout=90)
+    assert done["state"] == "succeeded", done["error"]
     found = trusting["mallory"].result(job_id, "loot")
     assert "INSITU_HOME" not in found["env"], found["env"]
     assert not any(str(settings.home) in value for value in found["env"].values())

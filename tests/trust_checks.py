@@ -97,7 +97,7 @@ def check_forged_core_seconds(owner: Client, job_id: str) -> None:
     assert 0 < job["core_seconds"] < 1e6
     assert job["core_seconds_source"] in (
         "CPU time of the job's processes, sampled by the server",
-        "reserved cores x wall time",
+        "CPU time of the job's containers (the engine's cgroup figures)",
     )
 
 

@@ -43,6 +43,7 @@ from insitu.backends.base import (
     read_log,
     server_id,
 )
+from insitu.backends.docker_metering import ContainerCpu
 from insitu.backends.docker_specs import (
     LABEL_SERVER,
     LABEL_WORKER,
@@ -115,6 +116,7 @@ class DockerBackend(Backend):
         self._log_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._reapers: dict[str, threading.Thread] = {}
+        self._cpu: ContainerCpu | None = None
 
     # -- the engine, the user, the images ---------------------------------------------------
 
@@ -124,6 +126,13 @@ class DockerBackend(Backend):
             if self._client is None:
                 self._client = docker_client(self.config.base_url)
             return self._client
+
+    @property
+    def cpu(self) -> ContainerCpu:
+        """The meter of the jobs' containers' CPU time."""
+        if self._cpu is None:
+            self._cpu = ContainerCpu(self.client)
+        return self._cpu
 
     @property
     def user(self) -> str:
@@ -359,7 +368,11 @@ class DockerBackend(Backend):
         by_job: dict[str, list[dict[str, Any]]] = {}
         for container in containers:
             by_job.setdefault(container["Labels"].get(LABEL_JOB, ""), []).append(container)
-        return {h.job_id: self._status_one(h, by_job.get(h.job_id, [])) for h in handles}
+        statuses = {h.job_id: self._status_one(h, by_job.get(h.job_id, [])) for h in handles}
+        for job_id, status in statuses.items():
+            if status.phase == BackendPhase.RUNNING:
+                self.cpu.sample(job_id, by_job.get(job_id, []))
+        return statuses
 
     async def status(self, handles: Iterable[JobHandle]) -> dict[str, BackendStatus]:
         return await asyncio.to_thread(self._status_all, list(handles))
@@ -498,6 +511,18 @@ class DockerBackend(Backend):
         finally:
             with self._lock:
                 self._reapers.pop(handle.job_id, None)
+
+    async def core_seconds(self, handle: JobHandle, cores: int, wall_s: float) -> Metered:
+        """CPU time of the job's containers as the engine counts it, sampled by the server."""
+
+        def measure() -> float:
+            self.cpu.sample(handle.job_id, self._job_containers(handle.job_id), force=True)
+            return self.cpu.seconds(handle.job_id)
+
+        used = await asyncio.to_thread(measure)
+        if used <= 0:  # ended before any sample: charge what it held
+            return await super().core_seconds(handle, cores, wall_s)
+        return Metered(used, "CPU time of the job's containers (the engine's cgroup figures)")
 
     async def bytes_scanned(self, handle: JobHandle) -> Metered | None:
         """The dataset bytes the job's store gateway let through."""
