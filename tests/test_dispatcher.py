@@ -17,6 +17,7 @@ from insitu.db.models import Job
 from insitu.dispatcher import Dispatcher
 from insitu.runtime.workspace import RESULTS_DIR, Outcome, Workspace
 from insitu.services import jobs
+from insitu.states import JobState
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,7 +52,8 @@ def test_a_job_runs_to_success_with_every_transition_recorded(world: World) -> N
     FakeBackend.report_running(job)
     run_pass(dispatcher)
     running = load(world, job.id)
-    assert running.state == "running" and (running.chunks_done, running.chunks_total) == (1, 4)
+    # The total is the server's own count of the selection's blocks, not the job's word.
+    assert running.state == "running" and (running.chunks_done, running.chunks_total) == (1, 18)
     backend.finish(job, ok_outcome(10), {"mean.npy": b"x" * 10})
     run_pass(dispatcher)
     done = load(world, job.id)
@@ -232,3 +234,30 @@ def test_a_job_admitted_but_never_started_is_started_after_restart(world: World)
     backend = FakeBackend()
     run_pass(Dispatcher(world.settings, world.db, backend))
     assert backend.started == [job.id] and load(world, job.id).state == "provisioning"
+
+
+def test_one_job_whose_results_cannot_be_read_never_holds_up_the_others(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from insitu.trusted import results
+
+    backend = FakeBackend()
+    dispatcher = Dispatcher(world.settings, world.db, backend)
+    stuck, fine = world.submit(), world.submit()
+    run_pass(dispatcher)
+    backend.finish(stuck, ok_outcome(10), {"mean.npy": b"x" * 10})
+    backend.finish(fine, ok_outcome(10), {"mean.npy": b"x" * 10})
+    original = results.list_results
+
+    def flaky(workspace: Workspace) -> list[results.Listed]:
+        if stuck.id in workspace.url:
+            raise OSError("the store timed out")
+        return original(workspace)
+
+    monkeypatch.setattr(results, "list_results", flaky)
+    run_pass(dispatcher)
+    assert load(world, fine.id).state == "succeeded"
+    assert not JobState(load(world, stuck.id).state).terminal  # tried again next pass
+    monkeypatch.setattr(results, "list_results", original)
+    run_pass(dispatcher)
+    assert load(world, stuck.id).state == "succeeded"

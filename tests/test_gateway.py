@@ -88,6 +88,25 @@ def test_the_policy_refuses_everything_else_saying_why(
     assert not decision.allowed and why in decision.reason
 
 
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"-6\r\nAAAAAAAA", "bad chunk size"),  # a negative size would loop for ever
+        (b"+5\r\nhello\r\n0\r\n\r\n", "bad chunk size"),
+        (b"5\r\nhelloXX0\r\n\r\n", "cut short"),  # no CRLF after the data
+        (b"4\r\nabcd\r\n" * 3 + b"0\r\n\r\n", "over 8 bytes"),
+    ],
+)
+def test_malformed_aws_chunked_bodies_are_refused(body: bytes, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        decode_aws_chunked(body, limit=8)
+
+
+def test_location_with_another_query_is_not_a_listing() -> None:
+    assert POLICY.check("GET", "data", "", {"location": ""}).allowed
+    assert not POLICY.check("GET", "data", "", {"location": "", "list-type": "2"}).allowed
+
+
 def test_aws_chunked_bodies_are_decoded() -> None:
     body = (
         b"5;chunk-signature=abc\r\nhello\r\n6\r\n world\r\n0\r\nx-amz-checksum-crc32:AAAA\r\n\r\n"
@@ -258,6 +277,24 @@ def test_everything_else_is_refused_with_an_s3_error(
         admin.get_object(Bucket=RESULTS_BUCKET, Key=f"jobs/j-{prefix}/job.json")["Body"].read()
         == b"{}"
     )
+
+
+def test_a_large_put_arrives_whole_and_writes_are_limited(
+    gateway: tuple[Running, Path], store: dict[str, Any]
+) -> None:
+    running, _ = gateway
+    s3 = _job_client(running.endpoint)
+    key = f"jobs/j-{store['prefix']}/results/big.npy"
+    body = np.random.default_rng(1).bytes(5 << 20)
+    s3.put_object(Bucket=RESULTS_BUCKET, Key=key, Body=body)
+    assert s3.get_object(Bucket=RESULTS_BUCKET, Key=key)["Body"].read() == body
+    running.gateway.limits.max_keys = len(running.gateway.limits.keys)
+    s3.put_object(Bucket=RESULTS_BUCKET, Key=key, Body=b"rewriting a key it wrote is fine")
+    with pytest.raises(ClientError, match="at most"):
+        s3.put_object(Bucket=RESULTS_BUCKET, Key=key + ".more", Body=b"x")
+    running.gateway.limits.max_bytes = running.gateway.limits.written
+    with pytest.raises(ClientError, match="bytes; at most"):
+        s3.put_object(Bucket=RESULTS_BUCKET, Key=key, Body=b"one byte too many")
 
 
 @pytest.mark.parametrize("reader", ["obstore", "s3fs"])

@@ -75,8 +75,8 @@ def check_error(owner: Client, job_id: str, folder: Path) -> None:
     """Attack 3: the raw selection as the error text is cut to a few KiB, everywhere."""
     job = owner.wait(job_id, timeout=120)
     assert job["state"] == "failed" and job["error_kind"] == "analysis_failed"
-    assert len(job["error"]) <= ERROR_LIMIT and "more characters cut" in job["error"]
-    assert len(job["reason"]) <= REASON_LIMIT
+    assert len(job["error"].encode()) <= ERROR_LIMIT and "more bytes cut" in job["error"]
+    assert len(job["reason"].encode()) <= REASON_LIMIT
     assert all(len(e["reason"]) <= ERROR_LIMIT for e in owner.events(job_id))
     assert_within_budget(owner, job_id, folder)
 

@@ -346,25 +346,28 @@ class Client:
         """
         target = safe_target(directory, filename)
         target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.part")  # the file appears only when whole
         digest = hashlib.sha256()
         try:
             with self._http.stream("GET", f"/v1/jobs/{job_id}/results/{filename}") as response:
                 if response.status_code >= 400:
                     response.read()
                     self._raise_for(response)
-                with open(target, "wb") as out:
+                with open(partial, "wb") as out:
                     for block in response.iter_bytes():
                         digest.update(block)
                         out.write(block)
         except httpx.TransportError as exc:
+            partial.unlink(missing_ok=True)
             raise self._unreachable(exc) from None
         if sha256 is not None and digest.hexdigest() != sha256:
-            target.unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
             raise errors.InsituError(
                 f"{filename} of job {job_id} arrived with other bytes than the server recorded "
                 "(its SHA-256 differs); it was not kept. Download it again, and tell the operator "
                 "if this repeats"
             )
+        partial.replace(target)
         return target
 
     def _raise_for(self, response: httpx.Response) -> None:

@@ -276,60 +276,69 @@ class Dispatcher:
         observations = await self._observe(started)
         now = utcnow()
         for job in started:
-            obs = observations[job.id]
-            handle = JobHandle.from_json(job.handle)  # type: ignore[arg-type]
-            if job.target == JobState.CANCELLED.value:
-                metering = await self._meter(job, handle)
-                await self.backend.cancel(handle, self.settings.dispatcher.cancel_grace)
-                await asyncio.to_thread(
-                    self._apply,
-                    job.id,
-                    JobState.CANCELLED,
-                    job.reason or "cancelled",
-                    **{**self._progress_fields(job, obs), **metering},
-                )
-                continue
-            if obs.outcome is not None or (
-                obs.status is not None
-                and obs.status.phase in (BackendPhase.EXITED, BackendPhase.MISSING)
-            ):
-                await self._finish(job, handle, obs)
-                continue
-            elapsed = (now - job.started_at).total_seconds() if job.started_at else 0.0
-            if elapsed > job.timeout_s:
-                metering = await self._meter(job, handle)
-                await self.backend.cancel(handle, self.settings.dispatcher.cancel_grace)
-                limit = format_duration(job.timeout_s)
-                await asyncio.to_thread(
-                    self._apply,
-                    job.id,
-                    JobState.TIMED_OUT,
-                    f"ran longer than its limit of {limit} (limits.timeout) and was stopped",
-                    error=f"the job did not finish within its time limit of {limit}; select less, "
-                    "ask for more workers, or raise limits.timeout",
-                    error_kind="timed_out",
-                    **{**self._progress_fields(job, obs), **metering},
-                )
-                continue
-            running = obs.progress is not None and obs.progress.phase in ("running", "writing")
-            to = JobState.RUNNING if running else None
+            try:  # one job's trouble must never hold up the others
+                await self._watch_one(job, observations[job.id], now)
+            except Exception:
+                log.exception("watching job %s failed; retrying next pass", job.id)
+
+    async def _watch_one(self, job: Job, obs: _Observation, now: datetime) -> None:
+        """Move one started job on: cancel, finish, time out, or record its progress."""
+        handle = JobHandle.from_json(job.handle)  # type: ignore[arg-type]
+        if job.target == JobState.CANCELLED.value:
+            metering = await self._meter(job, handle)
+            await self.backend.cancel(handle, self.settings.dispatcher.cancel_grace)
             await asyncio.to_thread(
                 self._apply,
                 job.id,
-                to,
-                "the Dask cluster is up and the analysis is running",
-                **self._progress_fields(job, obs),
+                JobState.CANCELLED,
+                job.reason or "cancelled",
+                **{**self._progress_fields(job, obs), **metering},
             )
+            return
+        if obs.outcome is not None or (
+            obs.status is not None
+            and obs.status.phase in (BackendPhase.EXITED, BackendPhase.MISSING)
+        ):
+            await self._finish(job, handle, obs)
+            return
+        elapsed = (now - job.started_at).total_seconds() if job.started_at else 0.0
+        if elapsed > job.timeout_s:
+            metering = await self._meter(job, handle)
+            await self.backend.cancel(handle, self.settings.dispatcher.cancel_grace)
+            limit = format_duration(job.timeout_s)
+            await asyncio.to_thread(
+                self._apply,
+                job.id,
+                JobState.TIMED_OUT,
+                f"ran longer than its limit of {limit} (limits.timeout) and was stopped",
+                error=f"the job did not finish within its time limit of {limit}; select less, "
+                "ask for more workers, or raise limits.timeout",
+                error_kind="timed_out",
+                **{**self._progress_fields(job, obs), **metering},
+            )
+            return
+        running = obs.progress is not None and obs.progress.phase in ("running", "writing")
+        to = JobState.RUNNING if running else None
+        await asyncio.to_thread(
+            self._apply,
+            job.id,
+            to,
+            "the Dask cluster is up and the analysis is running",
+            **self._progress_fields(job, obs),
+        )
 
     @staticmethod
     def _progress_fields(job: Job, obs: _Observation) -> dict[str, object]:
-        """Progress as the job reports it, its byte count bounded by what its selection holds."""
+        """Progress as the job reports it, bounded by the server's own figures and coarse
+        (three significant digits): the owner sees it, so it must carry no data."""
         if obs.progress is None:
             return {}
+        total = int((job.accounting or {}).get("blocks") or obs.progress.chunks_total)
+        scanned = settle.count_scan(job, obs.progress.bytes_scanned)[0]
         return {
-            "chunks_done": obs.progress.chunks_done,
-            "chunks_total": obs.progress.chunks_total,
-            "bytes_scanned": settle.count_scan(job, obs.progress.bytes_scanned)[0],
+            "chunks_done": min(obs.progress.chunks_done, total),
+            "chunks_total": total,
+            "bytes_scanned": int(float(f"{scanned:.3g}")),
         }
 
     async def _meter(self, job: Job, handle: JobHandle) -> dict[str, object]:
@@ -349,6 +358,10 @@ class Dispatcher:
         }
 
     async def _finish(self, job: Job, handle: JobHandle, obs: _Observation) -> None:
+        try:  # before reading what the job left: it can change nothing from here on
+            await self.backend.seal(handle)
+        except Exception:
+            log.exception("could not seal job %s's store access", job.id)
         metering = await self._meter(job, handle)
         try:
             scanned = await self.backend.bytes_scanned(handle)

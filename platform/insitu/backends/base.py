@@ -135,6 +135,13 @@ class Backend(ABC):
         """
         return Metered(max(cores, 1) * max(wall_s, 0.0), "reserved cores x wall time")
 
+    async def seal(self, handle: JobHandle) -> None:  # noqa: B027 (optional hook)
+        """End the job's access to the store before the server reads what it left.
+
+        Backends whose jobs reach the store only through the server (docker's gateway) stop
+        that access, so nothing the job does afterwards can change its results.
+        """
+
     async def bytes_scanned(self, handle: JobHandle) -> Metered | None:
         """Dataset bytes the job read as counted on the trusted side, or None where the
         bytes do not pass it (then the job's own count is believed up to a bound)."""

@@ -201,6 +201,7 @@ class DockerBackend(Backend):
         command = [
             sys.executable, "-m", "insitu.gateway", "--listen", f"unix:{socket_path}",
             "--endpoint", endpoint, "--region", storage.region, "--counts", str(counts),
+            "--max-write-bytes", str(max(4 * int(self.settings.limits.max_result_bytes), 1 << 30)),
         ]  # fmt: skip
         urls = (("--dataset", request.dataset_url), ("--workspace", request.workspace_url))
         for flag, url in urls:
@@ -523,6 +524,10 @@ class DockerBackend(Backend):
         if used <= 0:  # ended before any sample: charge what it held
             return await super().core_seconds(handle, cores, wall_s)
         return Metered(used, "CPU time of the job's containers (the engine's cgroup figures)")
+
+    async def seal(self, handle: JobHandle) -> None:
+        """Stop the job's store gateway: from now on the job can neither read nor write."""
+        await asyncio.to_thread(self._stop_relay, handle.job_id, self._relay_of(handle))
 
     async def bytes_scanned(self, handle: JobHandle) -> Metered | None:
         """The dataset bytes the job's store gateway let through."""

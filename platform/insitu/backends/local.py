@@ -172,7 +172,7 @@ class LocalBackend(Backend):
             for member in members:
                 with contextlib.suppress(psutil.Error):
                     times = member.cpu_times()
-                    used = times.user + times.system + times.children_user + times.children_system
+                    used = times.user + times.system  # each process on its own: no double count
                     key = (member.pid, member.create_time())
                     seen[key] = max(seen.get(key, 0.0), used)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from botocore.credentials import Credentials
 
 from insitu.gateway.policy import Policy, Prefix
-from insitu.gateway.server import Gateway, Upstream, serve
+from insitu.gateway.server import Gateway, Upstream, WriteLimits, serve
 from insitu.relay import Address
 
 
@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoint", required=True, help="the store's endpoint URL")
     parser.add_argument("--region", default="us-east-1")
     parser.add_argument("--counts", type=Path, help="where to keep the byte counts")
+    parser.add_argument("--max-keys", type=int, default=10_000, help="most objects a job writes")
+    parser.add_argument(
+        "--max-write-bytes", type=int, default=4 << 30, help="most bytes a job writes in all"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s gateway: %(message)s")
     try:
@@ -49,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         print("the gateway needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY", file=sys.stderr)
         return 2
     credentials = Credentials(key, secret, os.environ.get("AWS_SESSION_TOKEN"))
-    gateway = Gateway(
-        policy, Upstream(args.endpoint, args.region), lambda: credentials, args.counts
-    )
+    limits = WriteLimits(max_keys=args.max_keys, max_bytes=args.max_write_bytes)
+    upstream = Upstream(args.endpoint, args.region)
+    gateway = Gateway(policy, upstream, lambda: credentials, args.counts, limits)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(gateway, listen))
     return 0

@@ -113,7 +113,7 @@ class Policy:
     def _list(self, bucket: str, query: dict[str, str], refuse: str) -> Decision:
         grants = [g for g in (self.dataset, self.workspace) if g is not None]
         if "location" in query:
-            known = bucket in {g.bucket for g in grants}
+            known = bucket in {g.bucket for g in grants} and set(query) == {"location"}
             return Decision(known, "" if known else refuse)
         prefix = query.get("prefix", "")
         if prefix and not _plain(prefix.rstrip("/") or "x"):

@@ -7,10 +7,11 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
@@ -28,6 +29,7 @@ log = logging.getLogger("insitu.gateway")
 CHUNK = 256 * 1024
 MAX_BODY = 128 << 20  # one PUT or part; s3fs and obstore send larger files in parts
 FLUSH_INTERVAL = 0.25
+_HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
 SHUTDOWN_TIMEOUT = 2.0  # the job is over when the gateway is stopped: do not wait long
 # Request headers passed on to the store; the rest (the job's own signature) is dropped.
 FORWARD_REQUEST = (
@@ -53,6 +55,26 @@ class Counts:
     written: int = 0  # bytes written to the workspace
     requests: int = 0
     refused: int = 0
+
+
+@dataclass
+class WriteLimits:
+    """How much a job may write: distinct keys and bytes in all (results, reports, logs)."""
+
+    max_keys: int = 10_000
+    max_bytes: int = 4 << 30
+    written: int = 0
+    keys: set[str] = field(default_factory=set)
+
+    def admit(self, key: str, length: int) -> str:
+        """Why a write of ``length`` bytes to ``key`` is refused, or '' if it may go."""
+        if self.written + length > self.max_bytes:
+            return f"the job has written {self.written} bytes; at most {self.max_bytes} allowed"
+        if key not in self.keys:
+            if len(self.keys) >= self.max_keys:
+                return f"the job has written {len(self.keys)} objects; at most {self.max_keys}"
+            self.keys.add(key)
+        return ""
 
 
 @dataclass(frozen=True)
@@ -85,10 +107,11 @@ def _aws_chunked(request: web.Request) -> bool:
     return "aws-chunked" in encoding or sha.startswith("STREAMING-")
 
 
-def decode_aws_chunked(body: bytes) -> bytes:
+def decode_aws_chunked(body: bytes, limit: int = MAX_BODY) -> bytes:
     """The payload of an ``aws-chunked`` body (chunks of ``hex-size[;ext]\\r\\n data\\r\\n``).
 
     The gateway signs the payload itself, so the job's chunk signatures and trailers go.
+    Anything malformed is refused; the payload never grows past ``limit``.
     """
     out = bytearray()
     position = 0
@@ -97,16 +120,20 @@ def decode_aws_chunked(body: bytes) -> bytes:
         if end < 0:
             raise ValueError("a chunk header is cut short")
         size_text = body[position:end].split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise ValueError(f"bad chunk size {size_text[:20]!r}") from None
+        if not _HEX.fullmatch(size_text):
+            raise ValueError(f"bad chunk size {size_text[:20]!r}")
+        size = int(size_text, 16)
         position = end + 2
         if size == 0:
             return bytes(out)
-        if position + size > len(body):
+        if (
+            position + size + 2 > len(body)
+            or body[position + size : position + size + 2] != b"\r\n"
+        ):
             raise ValueError("a chunk is cut short")
         out += body[position : position + size]
+        if len(out) > limit:
+            raise ValueError(f"the payload is over {limit} bytes")
         position += size + 2
 
 
@@ -119,9 +146,11 @@ class Gateway:
         upstream: Upstream,
         credentials: Callable[[], Credentials],
         counts_path: Path | None = None,
+        limits: WriteLimits | None = None,
     ) -> None:
         self.policy, self.upstream, self.credentials = policy, upstream, credentials
         self.counts_path = counts_path
+        self.limits = limits or WriteLimits()
         self.counts = Counts()
         self._session: ClientSession | None = None
         self._dirty = False
@@ -169,8 +198,13 @@ class Gateway:
         if request.method in ("PUT", "POST"):
             if (request.content_length or 0) > MAX_BODY:
                 return s3_error(400, "EntityTooLarge", f"at most {MAX_BODY} bytes per request")
-            body = await request.content.read(MAX_BODY + 1)
-            if len(body) > MAX_BODY:
+            refused = self.limits.admit(key, request.content_length or 0)
+            if refused:
+                self.counts.refused += 1
+                return s3_error(403, "AccessDenied", f"insitu's store gateway: {refused}")
+            try:
+                body = await request.read()  # whole, up to the app's client_max_size
+            except web.HTTPRequestEntityTooLarge:
                 return s3_error(400, "EntityTooLarge", f"at most {MAX_BODY} bytes per request")
             if _aws_chunked(request):
                 try:
@@ -178,6 +212,7 @@ class Gateway:
                 except ValueError as exc:
                     return s3_error(400, "IncompleteBody", f"insitu's store gateway: {exc}")
             self.counts.written += len(body)
+            self.limits.written += len(body)
             if key.rsplit("/", 1)[-1] in FLUSH_BEFORE:
                 self.flush()
         return await self._forward(request, bucket, key, query, body, decision)
@@ -249,17 +284,15 @@ class Gateway:
 
 async def serve(gateway: Gateway, listen: Any, ready: asyncio.Event | None = None) -> None:
     """Serve ``gateway`` on a relay address (``unix:PATH`` or ``tcp:HOST:PORT``) until cancelled."""
-    runner = web.AppRunner(gateway.app(), access_log=None)
+    runner = web.AppRunner(gateway.app(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     site: web.BaseSite
     if listen.kind == "unix":
         with contextlib.suppress(FileNotFoundError):
             os.unlink(listen.path)
-        site = web.UnixSite(runner, listen.path, shutdown_timeout=SHUTDOWN_TIMEOUT)
+        site = web.UnixSite(runner, listen.path)
     else:
-        site = web.TCPSite(
-            runner, listen.host, listen.port, reuse_address=True, shutdown_timeout=SHUTDOWN_TIMEOUT
-        )
+        site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
     await site.start()
     if listen.kind == "unix":
         os.chmod(listen.path, 0o666)  # the job's non-root user connects to it

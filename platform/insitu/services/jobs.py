@@ -139,7 +139,10 @@ def submit(
         bytes_selected=math.prod(stop - start for start, stop in ranges)
         * np.dtype(array.dtype).itemsize,
         results=[],
-        accounting={"scan_bound": scan.selection_bound(array, ranges)},
+        accounting={
+            "scan_bound": scan.selection_bound(array, ranges),
+            "blocks": scan.blocks(array, ranges),
+        },
     )
     session.add(job)
     session.flush()

@@ -96,12 +96,13 @@ class RefusedReport(BaseModel):
 
 
 def _read(workspace: Workspace, name: str) -> bytes | RefusedReport | None:
-    size = workspace.size(name)
-    if size is None:
+    try:  # a ranged read: the file may grow between a size check and a read
+        data = bytes(workspace.fs.cat_file(workspace.path(name), start=0, end=MAX_REPORT_BYTES + 1))
+    except FileNotFoundError:
         return None
-    if size > MAX_REPORT_BYTES:
-        return RefusedReport(problem=f"{name} is {size} bytes, over the {MAX_REPORT_BYTES} allowed")
-    return workspace.read_bytes(name)
+    if len(data) > MAX_REPORT_BYTES:
+        return RefusedReport(problem=f"{name} is over the {MAX_REPORT_BYTES} bytes allowed")
+    return data
 
 
 def read_outcome(workspace: Workspace) -> JobReport | RefusedReport | None:

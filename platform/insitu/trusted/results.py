@@ -17,7 +17,6 @@ import numpy as np
 
 from insitu.runtime.results import RESULT_KEY
 from insitu.runtime.workspace import PROVENANCE_FILE, RESULTS_DIR, Workspace
-from insitu.trusted.report import ReportedResult
 
 KINDS = {
     "npy": ("array", "application/x-npy"),
@@ -58,8 +57,10 @@ def _check_name(name: str, kind: str) -> Listed | str:
 
 def list_results(workspace: Workspace) -> list[Listed]:
     """Every result file of the job; :class:`RejectedResults` if anything else is there."""
+    folder = workspace.path(RESULTS_DIR)
+    workspace.fs.invalidate_cache(folder)  # what the store holds now, not a cached listing
     try:
-        entries = workspace.fs.ls(workspace.path(RESULTS_DIR), detail=True)
+        entries = workspace.fs.ls(folder, detail=True)
     except FileNotFoundError:
         return []
     if len(entries) > MAX_RESULTS:
@@ -101,19 +102,21 @@ def _npy_header(data: bytes) -> tuple[list[int], str] | None:
         return None
 
 
-def records(
-    workspace: Workspace, listed: list[Listed], reported: list[ReportedResult]
-) -> list[dict[str, Any]]:
+def records(workspace: Workspace, listed: list[Listed]) -> list[dict[str, Any]]:
     """The records the server keeps of its results: its own sizes and hashes.
 
-    Shapes come from the .npy header for arrays and from the job's report for tables
-    (display only, validated).
+    Shapes come from the .npy header of arrays; the job's own word on shapes is not
+    served (it would be a channel outside the egress budget).
     """
-    said = {r.key: r for r in reported}
     rows: list[dict[str, Any]] = []
     for item in listed:
-        with workspace.open(f"{RESULTS_DIR}/{item.filename}") as handle:
-            data = handle.read(item.size + 1)  # never more than the listing said, plus one
+        try:
+            with workspace.open(f"{RESULTS_DIR}/{item.filename}") as handle:
+                data = handle.read(item.size + 1)  # never more than the listing said, plus one
+        except FileNotFoundError:
+            raise RejectedResults(
+                f"result {item.filename!r} vanished while the server read it"
+            ) from None
         if len(data) != item.size:
             raise RejectedResults(f"result {item.filename!r} changed while the server read it")
         row: dict[str, Any] = {
@@ -130,7 +133,5 @@ def records(
             header = _npy_header(data)
             if header is not None:
                 row["shape"], row["dtype"] = header
-        elif item.kind == "table" and item.key in said:
-            row["shape"] = said[item.key].shape
         rows.append(row)
     return rows

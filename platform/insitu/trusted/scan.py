@@ -17,10 +17,12 @@ from insitu.catalog import ArrayInfo
 CHUNK_OVERHEAD = 4096  # codec headers and shard indexes per chunk, generously
 
 
-def chunks_touched(array: ArrayInfo, ranges: Sequence[Sequence[int]]) -> int:
-    """How many stored chunks the half-open ``ranges`` intersect."""
+def chunks_touched(
+    array: ArrayInfo, ranges: Sequence[Sequence[int]], chunks: Sequence[int] | None = None
+) -> int:
+    """How many stored chunks (or blocks of ``chunks``) the half-open ``ranges`` intersect."""
     count = 1
-    for (start, stop), chunk in zip(ranges, array.chunks, strict=True):
+    for (start, stop), chunk in zip(ranges, chunks or array.chunks, strict=True):
         if stop <= start:
             return 0
         count *= (stop - 1) // chunk - start // chunk + 1
@@ -31,3 +33,8 @@ def selection_bound(array: ArrayInfo, ranges: Sequence[Sequence[int]]) -> int:
     """Bytes of every chunk the selection touches, decoded, plus a per-chunk allowance."""
     chunk_bytes = math.prod(array.chunks) * np.dtype(array.dtype).itemsize
     return chunks_touched(array, ranges) * (chunk_bytes + CHUNK_OVERHEAD)
+
+
+def blocks(array: ArrayInfo, ranges: Sequence[Sequence[int]]) -> int:
+    """How many read blocks (chunks, or shards) the runtime splits the selection into."""
+    return chunks_touched(array, ranges, array.read_chunks)

@@ -37,9 +37,11 @@ class Settlement:
 def count_scan(job: Job, reported: int, measured: Metered | None = None) -> tuple[int, str]:
     """Bytes scanned as the server counts them: what the trusted side measured, or else the
     job's own figure, at most what its selection holds."""
-    if measured is not None:
-        return int(measured.value), measured.source
     bound = int((job.accounting or {}).get("scan_bound") or job.bytes_selected)
+    if measured is not None:  # re-reads count once: never more than the selection holds
+        if measured.value <= bound:
+            return int(measured.value), measured.source
+        return bound, f"{measured.source}, at most its selection's stored size"
     if reported <= bound:
         return reported, "reported by the job, at most its selection's stored size"
     return bound, (
@@ -124,7 +126,7 @@ def settle(
     if total > egress.room_for("results"):
         return failed(over_budget_message(egress, total), "result_too_large", discard=True)
     try:
-        rows = results.records(workspace, listed, report.results)
+        rows = results.records(workspace, listed)
     except results.RejectedResults as exc:
         return failed(str(exc), "invalid_results", discard=True)
     egress.results = sum(r["size"] for r in rows)

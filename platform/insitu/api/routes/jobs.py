@@ -106,7 +106,8 @@ async def job_logs(
     cut = False
     notice = ""
     if user.role != Role.ADMIN.value:  # admins read the whole log; owners within the budget
-        window = egress.owner_log(session, job, data, offset)
+        fraction = request.app.state.settings.limits.result_fraction
+        window = egress.owner_log(session, job, data, offset, fraction)
         data, next_offset, cut, notice = window.data, window.next_offset, window.cut, window.notice
         session.commit()
     return LogChunk(
