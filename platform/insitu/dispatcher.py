@@ -285,14 +285,14 @@ class Dispatcher:
         """Move one started job on: cancel, finish, time out, or record its progress."""
         handle = JobHandle.from_json(job.handle)  # type: ignore[arg-type]
         if job.target == JobState.CANCELLED.value:
-            metering = await self._meter(job, handle)
+            metered = await self._meter(job, handle)
             await self.backend.cancel(handle, self.settings.dispatcher.cancel_grace)
             await asyncio.to_thread(
                 self._apply,
                 job.id,
                 JobState.CANCELLED,
                 job.reason or "cancelled",
-                **{**self._progress_fields(job, obs), **metering},
+                **{**self._progress_fields(job, obs), **self._metered_fields(metered)},
             )
             return
         if obs.outcome is not None or (
@@ -303,7 +303,7 @@ class Dispatcher:
             return
         elapsed = (now - job.started_at).total_seconds() if job.started_at else 0.0
         if elapsed > job.timeout_s:
-            metering = await self._meter(job, handle)
+            metered = await self._meter(job, handle)
             await self.backend.cancel(handle, self.settings.dispatcher.cancel_grace)
             limit = format_duration(job.timeout_s)
             await asyncio.to_thread(
@@ -314,7 +314,7 @@ class Dispatcher:
                 error=f"the job did not finish within its time limit of {limit}; select less, "
                 "ask for more workers, or raise limits.timeout",
                 error_kind="timed_out",
-                **{**self._progress_fields(job, obs), **metering},
+                **{**self._progress_fields(job, obs), **self._metered_fields(metered)},
             )
             return
         running = obs.progress is not None and obs.progress.phase in ("running", "writing")
@@ -341,7 +341,7 @@ class Dispatcher:
             "bytes_scanned": int(float(f"{scanned:.3g}")),
         }
 
-    async def _meter(self, job: Job, handle: JobHandle) -> dict[str, object]:
+    async def _meter(self, job: Job, handle: JobHandle) -> Metered:
         """Core-seconds of the job as its backend measured them (never the job's own figure)."""
         wall = (utcnow() - job.started_at).total_seconds() if job.started_at else 0.0
         try:
@@ -349,6 +349,11 @@ class Dispatcher:
         except Exception:
             log.exception("could not meter job %s; charging its reserved cores", job.id)
             metered = Metered(max(job.cores, 1) * wall, "reserved cores x wall time")
+        return metered
+
+    @staticmethod
+    def _metered_fields(metered: Metered) -> dict[str, object]:
+        """The job record's fields for what the backend measured."""
         return {
             "core_seconds": metered.value,
             "accounting": {
@@ -362,7 +367,7 @@ class Dispatcher:
             await self.backend.seal(handle)
         except Exception:
             log.exception("could not seal job %s's store access", job.id)
-        metering = await self._meter(job, handle)
+        metered = await self._meter(job, handle)
         try:
             scanned = await self.backend.bytes_scanned(handle)
         except Exception:
@@ -386,13 +391,10 @@ class Dispatcher:
                 reason,
                 error=reason,
                 error_kind="lost",
-                **{**self._progress_fields(job, obs), **metering},
+                **{**self._progress_fields(job, obs), **self._metered_fields(metered)},
             )
             return
-        value = metering["accounting"]
-        assert isinstance(value, dict)
-        measured = Metered(float(value["core_seconds"]), str(value["core_seconds_source"]))
-        await asyncio.to_thread(self._settle, job.id, outcome, measured, scanned)
+        await asyncio.to_thread(self._settle, job.id, outcome, metered, scanned)
 
     def _settle(
         self,

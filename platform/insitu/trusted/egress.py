@@ -48,10 +48,6 @@ class Egress:
         known = {k: int(value.get(k) or 0) for k in CHANNELS}
         return cls(int(value.get("budget", budget)), str(value.get("source", source)), **known)
 
-    def describe(self) -> str:
-        parts = ", ".join(f"{c} {format_size(getattr(self, c))}" for c in CHANNELS)
-        return f"{format_size(self.used)} of {format_size(self.budget)} ({parts})"
-
 
 def budget(cap: int, fraction: float | None, scanned: int | None) -> tuple[int, str]:
     """The budget in force and where it comes from: the result cap or a share of the scan,

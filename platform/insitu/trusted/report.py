@@ -30,22 +30,6 @@ ERROR_KINDS = {
 _SHORT = re.compile(r"^[\w.+\- /:=<>|\[\],()]{0,120}$")
 
 
-class ReportedResult(BaseModel):
-    """What the job says about one result: only its shape and dtype are used, for display."""
-
-    model_config = ConfigDict(extra="ignore")
-    key: str = Field(max_length=100)
-    shape: list[int] | None = Field(None, max_length=32)
-    dtype: str | None = Field(None, max_length=40)
-
-    @field_validator("shape")
-    @classmethod
-    def _shape(cls, shape: list[int] | None) -> list[int] | None:
-        if shape is not None and any(n < 0 or n > MAX_FIGURE for n in shape):
-            raise ValueError("a result's shape has a negative or absurd extent")
-        return shape
-
-
 class JobReport(BaseModel):
     """The job's own account of how it ended, after validation."""
 
@@ -53,7 +37,6 @@ class JobReport(BaseModel):
     ok: bool
     error: str | None = None
     error_kind: str | None = None
-    results: list[ReportedResult] = Field(default_factory=list, max_length=1000)
     bytes_scanned: int = Field(0, ge=0, le=MAX_FIGURE)
     bytes_selected: int = Field(0, ge=0, le=MAX_FIGURE)
     bytes_returned: int = Field(0, ge=0, le=MAX_FIGURE)
