@@ -265,3 +265,30 @@ def test_container_cpu_keeps_the_largest_figure_of_each_running_container() -> N
     meter.sample("j", running, force=True)
     meter.sample("j", [{"Id": "a", "State": "exited"}], force=True)  # exited: nothing to read
     assert meter.seconds("j") == 9.0 + 1e-7
+
+
+def test_container_cpu_reads_cgroup_files_and_leaves_out_a_sandbox_s_wait(
+    tmp_path: Path,
+) -> None:
+    from insitu.backends.docker_metering import ContainerCpu, cgroup_usage
+
+    v1 = tmp_path / "cpuacct" / "docker" / "a"
+    v1.mkdir(parents=True)
+    (v1 / "cpuacct.usage").write_text("3000000000\n")
+    v2 = tmp_path / "system.slice" / "docker-b.scope"
+    v2.mkdir(parents=True)
+    (v2 / "cpu.stat").write_text("usage_usec 1500000\nuser_usec 1000000\n")
+    assert cgroup_usage("a", tmp_path) == 3_000_000_000
+    assert cgroup_usage("b", tmp_path) == 1_500_000_000
+    assert cgroup_usage("c", tmp_path) is None
+
+    engine = _Stats()  # "c" is not on this machine: the engine's stats API answers
+    engine.usage = {"c": 1_000_000_000}
+    meter = ContainerCpu(engine, root=tmp_path)
+    running = [{"Id": i, "State": "running"} for i in "abc"]
+    meter.baseline("j", running)  # what the warm sandbox used before the job came
+    (v1 / "cpuacct.usage").write_text("5000000000\n")
+    (v2 / "cpu.stat").write_text("usage_usec 2000000\n")
+    engine.usage = {"c": 1_250_000_000}
+    meter.sample("j", running, force=True)
+    assert meter.seconds("j") == pytest.approx(2.0 + 0.5 + 0.25)

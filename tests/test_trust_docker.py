@@ -3,12 +3,16 @@
 Every user may run their own code here: the job runs in containers of its own, so the
 participant's code is refused nothing at submit and each attack must fail on the
 server's side. One server serves the module; the attacks are submitted together and run
-side by side, and each test checks one of them. Needs Docker and SeaweedFS (CI requires
-both).
+side by side, and each test checks one of them. Every attack runs twice: started cold
+(containers made for the job), and in the warm pool's sandboxes, started before the job
+existed, as a course's jobs run. Needs Docker and SeaweedFS (CI requires both).
 """
 
 from __future__ import annotations
 
+import json
+import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,15 +65,36 @@ def _movie(settings: Settings) -> str:
     return url
 
 
-@pytest.fixture(scope="module")
+WARM_POOL = {
+    "warm_pool_size": len(ATTACKS),
+    "warm_pool_image": dockerlab.OPHYS_IMAGE,
+    "warm_pool_workers": 1,
+    "warm_pool_threads": 2,
+    "warm_pool_memory": "1GiB",
+}
+
+
+def wait_for_warm_pool(admin: Client, timeout: float = 120.0) -> dict[str, int]:
+    """Wait until the server's warm pool is full; its state from /healthz."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pool = admin.health()["warm_pool"]
+        if pool["ready"] >= pool["size"] or time.monotonic() > deadline:
+            return dict(pool)
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module", params=["cold", "warm"])
 def attacked(
     s3_home: tuple[SeaweedFS, Settings],
     tmp_path_factory: pytest.TempPathFactory,
     ophys_image: images.BuiltImage,
+    request: pytest.FixtureRequest,
 ) -> Iterator[dict[str, Any]]:
     """A docker server, a participant, and every attack submitted as one of their jobs."""
     _, configured = s3_home
     home = tmp_path_factory.mktemp("trust-docker")
+    warm = request.param == "warm"
     settings = Settings(
         home=home / "home",
         backend="docker",
@@ -77,11 +102,15 @@ def attacked(
         dispatcher={"poll_interval": 0.05, "id": f"test-{uuid.uuid4().hex[:6]}"},  # type: ignore[arg-type]
         storage=configured.storage,
         workspace_url=configured.workspace_url,
+        docker=WARM_POOL if warm else {},  # type: ignore[arg-type]
     )
     server = BackgroundServer(settings).start()
     admin_token = settings.admin_token_path.read_text().strip()
     try:
         with Client(server.url, admin_token) as admin:
+            if warm:
+                pool = wait_for_warm_pool(admin)
+                assert pool["ready"] == len(ATTACKS), pool
             admin.register_dataset("lab/movie", _movie(settings), access="public")
             made = admin.add_user("mallory", "participant")
             with Client(server.url, made["token"]) as mallory:
@@ -105,6 +134,8 @@ def attacked(
                     "mallory": mallory,
                     "admin_token": admin_token,
                     "jobs": jobs,
+                    "warm": warm,
+                    "settings": settings,
                 }
     finally:
         server.stop()
@@ -160,3 +191,20 @@ def test_forged_result_names_never_leave_the_download_folder(
 ) -> None:
     job_id = attacked["jobs"]["forge_names"]
     checks.check_forged_names(attacked["mallory"], job_id, tmp_path / "out")
+
+
+def test_warm_attacks_each_ran_in_a_sandbox_of_their_own(attacked: dict[str, Any]) -> None:
+    mallory, jobs = attacked["mallory"], attacked["jobs"]
+    reasons = {
+        job_id: " ".join(e["reason"] for e in mallory.events(job_id)) for job_id in jobs.values()
+    }
+    warm = {job_id for job_id, text in reasons.items() if "(warm pool)" in text}
+    if not attacked["warm"]:
+        assert warm == set()
+        return
+    assert warm == set(jobs.values()), reasons
+    database = attacked["settings"].home / "insitu.db"
+    with sqlite3.connect(database) as db:
+        handles = [json.loads(h) for (h,) in db.execute("SELECT handle FROM jobs")]
+    sandboxes = [h["data"]["sandbox"] for h in handles]
+    assert len(set(sandboxes)) == len(jobs)  # never two jobs in one sandbox

@@ -162,6 +162,22 @@ class DockerBackendSettings(BaseModel):
     worker_start_timeout: Seconds = Field(
         120.0, description="How long a job waits for its Dask workers to join."
     )
+    warm_pool_size: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Sandboxes kept started and waiting (gateway, scheduler, workers and "
+        "runner of warm_pool_image): a job that fits one starts in it at once; each sandbox "
+        "serves one job and is removed with it. 0 turns the pool off.",
+    )
+    warm_pool_image: str | None = Field(
+        None, description="Image of the warm sandboxes; default: default_image."
+    )
+    warm_pool_workers: int = Field(1, ge=1, description="Dask workers of each warm sandbox.")
+    warm_pool_threads: int = Field(2, ge=1, description="Threads of each warm sandbox's workers.")
+    warm_pool_memory: ByteSize = Field(
+        parse_size("2GiB"), description="Memory of each warm sandbox's workers."
+    )
 
 
 class TenantQuota(BaseModel):

@@ -226,7 +226,8 @@ class Dispatcher:
             job.id,
             JobState.PROVISIONING,
             f"starting a Dask cluster with {request.resources.workers} worker(s) x "
-            f"{request.resources.threads_per_worker} thread(s) on the {self.backend.name} backend",
+            f"{request.resources.threads_per_worker} thread(s) on the {self.backend.name} backend"
+            + (" (warm pool)" if handle.data.get("warm") else ""),
             handle=handle.to_json(),
             accounting={"store_access": handle.data.get("store_access") or store_access(request)},
         )

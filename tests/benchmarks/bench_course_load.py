@@ -1,14 +1,18 @@
 """A course's load: 60 participants each submit 10 small jobs at once, on SQLite and PostgreSQL.
 
-One insitu server (local backend with its warm pool, the dispatcher running up to
-``--slots`` jobs at once) and a course made with the course API: every participant has
+One insitu server (the dispatcher running up to ``--slots`` jobs at once) and a course made
+with the course API. Three setups: the local backend with its warm pool (shared workers)
+on SQLite and on PostgreSQL, and ``docker``: the docker backend with its warm pool of
+isolated sandboxes (each job alone in its containers, data read through the store
+gateway from SeaweedFS), on PostgreSQL, as a course runs in production. Every participant has
 a token and a quota of 2 running jobs. Every participant is a thread with its own
 client: it submits its 10 jobs as fast as it can, then polls them until they end. From
 the clients: submit and status latencies; from the jobs' persisted events: time from
 submit to running and to the end; per participant: when their last job ended. Checked:
 every job ran once and succeeded, none was lost or duplicated.
 
-    .venv/bin/python tests/benchmarks/bench_course_load.py [--participants 60 --jobs 10] [--record]
+    .venv/bin/python tests/benchmarks/bench_course_load.py [--participants 60 --jobs 10] \
+        [--setup sqlite --setup postgres --setup docker] [--record]
 """
 
 from __future__ import annotations
@@ -24,18 +28,21 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import bench_docker
 import common
 import httpx
 import numpy as np
 import zarr
 from common import machine
 
+from insitu import images
 from insitu.client import Client
+from insitu.config import Settings
 
 BENCHMARK = "course_load"
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +50,9 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "INSITU_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 MEAN = "ophys_analyses.projection:mean_projection"
+SETUPS = {"sqlite": ("sqlite", "local"), "postgres": ("postgres", "local"),
+          "docker": ("postgres", "docker")}  # fmt: skip
+WARM_SANDBOXES = 8  # the docker setup's warm pool
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -54,7 +64,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @contextmanager
-def server_process(home: Path, database_url: str, slots: int) -> Iterator[str]:
+def server_process(
+    home: Path, database_url: str, slots: int, extra: dict[str, str] | None = None
+) -> Iterator[str]:
     """``insitu server`` in its own process (as in production); yields its URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -67,6 +79,7 @@ def server_process(home: Path, database_url: str, slots: int) -> Iterator[str]:
         "INSITU_DISPATCHER__POLL_INTERVAL": "0.1",
         "INSITU_LOCAL__WARM_POOL_WORKERS": "2",
         "INSITU_LOCAL__WARM_POOL_THREADS": "2",
+        **(extra or {}),
     }
     with open(home / "server.log", "ab") as log:
         process = subprocess.Popen(
@@ -131,7 +144,9 @@ def small_movie(path: Path) -> Path:
 class Participant(threading.Thread):
     """Submits its jobs at once, then follows them to their end."""
 
-    def __init__(self, url: str, user: str, token: str, jobs: int, start: threading.Event):
+    def __init__(
+        self, url: str, user: str, token: str, jobs: int, start: threading.Event, spec: dict
+    ):
         super().__init__(name=f"participant-{user}", daemon=True)
         self.url, self.user, self.token, self.jobs, self.start_signal = (
             url,
@@ -140,6 +155,7 @@ class Participant(threading.Thread):
             jobs,
             start,
         )
+        self.spec = spec
         self.submit_s: list[float] = []
         self.status_s: list[float] = []
         self.job_ids: list[str] = []
@@ -147,11 +163,7 @@ class Participant(threading.Thread):
         self.errors: list[str] = []
 
     def run(self) -> None:
-        spec = {
-            "dataset": "course/movie",
-            "analysis": {"entrypoint": MEAN},
-            "resources": {"workers": 1},
-        }
+        spec = self.spec
         with Client(self.url, self.token) as api:
             self.start_signal.wait()
             for _ in range(self.jobs):
@@ -175,11 +187,61 @@ class Participant(threading.Thread):
             self.finished_at = time.perf_counter()
 
 
-def warm_starts(api: Client, repeats: int) -> list[float]:
+def storage_env(settings: Settings) -> dict[str, str]:
+    """The server's environment for the store ``settings`` name (SeaweedFS, its keys)."""
+    env = {"INSITU_WORKSPACE_URL": str(settings.workspace_url)}
+    for name, value in settings.storage:
+        if value is not None:
+            secret = getattr(value, "get_secret_value", None)
+            env[f"INSITU_STORAGE__{name.upper()}"] = str(secret() if secret else value)
+    return env
+
+
+def docker_setup(stack: ExitStack, home: Path, movie: Path) -> tuple[dict[str, str], str, str]:
+    """SeaweedFS with the movie, and the docker backend's warm pool: env, dataset, image."""
+    _, settings = stack.enter_context(common.s3_stack(home / "store"))
+    url = common.data_url("course-movie.zarr")
+    common.upload(movie, url, settings)
+    bench_docker.build_image(images.docker_client(), nocache=False)
+    env = {
+        **storage_env(settings),
+        "INSITU_BACKEND": "docker",
+        "INSITU_DOCKER__WARM_POOL_SIZE": str(WARM_SANDBOXES),
+        "INSITU_DOCKER__WARM_POOL_IMAGE": bench_docker.IMAGE,
+        "INSITU_DOCKER__WARM_POOL_WORKERS": "1",
+        "INSITU_DOCKER__WARM_POOL_THREADS": "2",
+        "INSITU_DOCKER__WARM_POOL_MEMORY": "1GiB",
+    }
+    return env, url, bench_docker.IMAGE
+
+
+def wait_until_warm(api: Client, home: Path, timeout: float = 300.0) -> None:
+    """Wait for the server's warm pool to be full."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pool = api.health().get("warm_pool")
+        if pool and pool["ready"] >= pool["size"]:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the warm pool did not fill in {timeout:.0f} s; see {home}/server.log")
+
+
+def job_spec(image: str | None) -> dict[str, Any]:
+    """A participant's small job (in the warm sandboxes' shape on docker)."""
+    analysis: dict[str, Any] = {"entrypoint": MEAN}
+    resources: dict[str, Any] = {"workers": 1}
+    if image:
+        analysis["image"] = image
+        resources["memory_per_worker"] = "1GiB"
+    return {"dataset": "course/movie", "analysis": analysis, "resources": resources}
+
+
+def warm_starts(api: Client, repeats: int, image: str | None, home: Path) -> list[float]:
     """Submit to running of single jobs on an idle server with a warm pool, one at a time."""
     seconds = []
-    spec = {"dataset": "course/movie", "analysis": {"entrypoint": MEAN}}
+    spec = job_spec(image)
     for _ in range(repeats):
+        wait_until_warm(api, home)
         job = api.wait(api.submit(spec)["id"], timeout=120)
         at = {e["to_state"]: e["at"] for e in api.events(job["id"])}
         ran = at.get("running") or at.get(job["state"])  # ended before a pass saw it run
@@ -190,15 +252,21 @@ def warm_starts(api: Client, repeats: int) -> list[float]:
 
 
 def run_one(kind: str, home: Path, participants: int, jobs: int, slots: int) -> dict[str, Any]:
-    """The load on one database; its figures."""
+    """The load on one setup; its figures."""
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT / "examples" / "ophys"), os.environ.get("PYTHONPATH", "")]
     )
     movie = small_movie(common.CACHE / "course-movie.zarr")
     home.mkdir(parents=True, exist_ok=True)
-    with database(kind, home) as database_url, server_process(home, database_url, slots) as url:
+    db_kind, backend = SETUPS[kind]
+    with ExitStack() as stack:
+        extra, dataset, image = {}, str(movie), None
+        if backend == "docker":
+            extra, dataset, image = docker_setup(stack, home, movie)
+        database_url = stack.enter_context(database(db_kind, home))
+        url = stack.enter_context(server_process(home, database_url, slots, extra))
         admin = Client(url, (home / "admin-token").read_text().strip())
-        admin.register_dataset("course/movie", str(movie))
+        admin.register_dataset("course/movie", dataset)
         roster = [
             {"name": f"Participant {i}", "email": f"p{i:02d}@course.example"}
             for i in range(participants)
@@ -206,12 +274,13 @@ def run_one(kind: str, home: Path, participants: int, jobs: int, slots: int) -> 
         course = admin.create_course(
             "load-test", roster, datasets=["course/movie"], quota="jobs=2,workers=2"
         )
-        deadline = time.monotonic() + 60
-        while not (home / "pool" / "zygote.sock").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        idle = warm_starts(admin, repeats=5)
+        idle = warm_starts(admin, 5, image, home)
+        wait_until_warm(admin, home)
         go = threading.Event()
-        threads = [Participant(url, p["user"], p["token"], jobs, go) for p in course["created"]]
+        spec = job_spec(image)
+        threads = [
+            Participant(url, p["user"], p["token"], jobs, go, spec) for p in course["created"]
+        ]
         for thread in threads:
             thread.start()
         began = time.perf_counter()
@@ -227,6 +296,9 @@ def run_one(kind: str, home: Path, participants: int, jobs: int, slots: int) -> 
     everything = [j for j in everything if j["id"] in load_ids]
     events = {j: e for j, e in events.items() if j in load_ids}
     starts, admits, ends = [], [], []
+    warm = sum(
+        any("(warm pool)" in e["reason"] for e in job_events) for job_events in events.values()
+    )
     for job_events in events.values():
         at = {}
         for event in job_events:
@@ -245,7 +317,9 @@ def run_one(kind: str, home: Path, participants: int, jobs: int, slots: int) -> 
     submit_ms = [s * 1000 for t in threads for s in t.submit_s]
     status_ms = [s * 1000 for t in threads for s in t.status_s]
     return {
-        "database": kind,
+        "database": db_kind,
+        "backend": backend,
+        "started_warm": warm,
         "participants": participants,
         "jobs_per_participant": jobs,
         "slots": slots,
@@ -304,17 +378,24 @@ def run(home: Path, participants: int, jobs: int, slots: int, kinds: list[str]) 
             f"{participants} participants (course API, quota jobs=2,workers=2) each submit "
             f"{jobs} small jobs at once (a mean projection reading 2 MB in 8 chunks) from their "
             f"own thread and client, then poll them every 0.5 s; one `insitu server` process, "
-            "local backend "
-            f"with a warm pool of 2 workers x 2 threads, at most {slots} jobs running; "
-            "latencies from the clients, phases from the jobs' persisted events (a job that "
-            "ended between two dispatcher passes counts as running at its end)"
+            f"at most {slots} jobs running. sqlite and postgres: the local backend with a warm "
+            "pool of 2 shared workers x 2 threads, the movie in a local folder. docker: the "
+            f"docker backend with a warm pool of {WARM_SANDBOXES} sandboxes (each a store "
+            "gateway, a scheduler, 1 worker x 2 threads and a runner, used by one job and "
+            "replaced), the movie in SeaweedFS on 127.0.0.1 read through the store gateway, "
+            "PostgreSQL. Latencies from the clients, phases from the jobs' persisted events (a "
+            "job that ended between two dispatcher passes counts as running at its end)"
         ),
         "figures": figures,
         "goals": [
             *(
                 {
-                    "goal": f"submit-to-running under 1 s on the local backend with a warm pool "
-                    f"({kind}, idle server, median)",
+                    "goal": "submit-to-running under 1 s with a warm pool "
+                    + (
+                        "of isolated sandboxes (docker, idle server, median)"
+                        if f["backend"] == "docker"
+                        else f"on the local backend ({kind}, idle server, median)"
+                    ),
                     "target": "< 1 s",
                     "measured": f["idle_warm_submit_to_running_s"]["median"],
                     "met": (f["idle_warm_submit_to_running_s"]["median"] or 99) < 1.0,
@@ -372,6 +453,7 @@ def report(result: dict[str, Any]) -> str:
         + " |"
     )
     for key, label in (
+        ("started_warm", "jobs started in the warm pool (load phase)"),
         ("wall_s", "wall time for all jobs (s)"),
         ("jobs_per_minute", "jobs per minute"),
         ("fairness_slowest_over_fastest", "fairness: slowest / fastest participant done"),
@@ -410,13 +492,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--participants", type=int, default=60)
     parser.add_argument("--jobs", type=int, default=10, help="jobs per participant")
     parser.add_argument("--slots", type=int, default=8, help="jobs running at once")
-    parser.add_argument("--database", action="append", choices=["sqlite", "postgres"])
+    parser.add_argument("--setup", action="append", choices=list(SETUPS))
     parser.add_argument("--record", action="store_true", help="write docs/benchmarks.json")
     args = parser.parse_args(argv)
     with common.scratch() as home:
-        result = run(
-            home, args.participants, args.jobs, args.slots, args.database or ["sqlite", "postgres"]
-        )
+        result = run(home, args.participants, args.jobs, args.slots, args.setup or list(SETUPS))
     common.publish(BENCHMARK, result, args.record)
     return 0
 

@@ -213,11 +213,19 @@ class BundlePublic(BaseModel):
     size: int
 
 
+class WarmPoolState(BaseModel):
+    size: int = Field(description="How many warm runners or sandboxes the pool keeps.")
+    ready: int = Field(description="How many are ready for a job now.")
+
+
 class Health(BaseModel):
     status: str
     version: str
     backend: str
     database: str
+    warm_pool: WarmPoolState | None = Field(
+        None, description="The backend's warm pool, where it keeps one."
+    )
 
 
 class UserCreate(BaseModel):

@@ -147,6 +147,10 @@ class Backend(ABC):
         bytes do not pass it (then the job's own count is believed up to a bound)."""
         return None
 
+    def warm_pool(self) -> tuple[int, int] | None:
+        """The warm pool's size and how many of it are ready now; None without a pool."""
+        return None
+
     def check_image(self, image: str | None) -> None:  # noqa: B027 (optional hook)
         """Refuse, with a message, an image this backend cannot run jobs in (blocking)."""
 

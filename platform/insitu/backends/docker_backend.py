@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -44,7 +45,9 @@ from insitu.backends.base import (
     server_id,
 )
 from insitu.backends.docker_metering import ContainerCpu
+from insitu.backends.docker_pool import Sandbox, SandboxPool, is_sandbox
 from insitu.backends.docker_specs import (
+    ASSIGNMENT_FILE,
     LABEL_SERVER,
     LABEL_WORKER,
     StoreRoute,
@@ -54,7 +57,11 @@ from insitu.backends.docker_specs import (
 from insitu.config import Settings
 from insitu.errors import BackendError, InsituError, InvalidInput
 from insitu.images import ImageInfo, docker_client, inspect_image
+from insitu.runtime.sandbox import READY_LINE
+from insitu.spec import Resources
 from insitu.units import format_size
+
+log = logging.getLogger(__name__)
 
 RELAY_START_TIMEOUT = 10.0
 # What the gateway signs with; the job's containers get placeholders instead.
@@ -81,6 +88,22 @@ def job_request(request: LaunchRequest, route: StoreRoute) -> LaunchRequest:
 REAP_GRACE = 10.0  # seconds a finished runner gets to log its last lines and exit
 ROOT_FALLBACK_USER = "10001:10001"
 _ORDER = {"gateway": 0, "scheduler": 1, "worker": 2, "runner": 3}
+
+
+def _write_atomically(path: Path, text: str, mode: int) -> None:
+    """Write ``path`` whole or not at all (readers never see half of it)."""
+    partial = path.with_name(f".{path.name}.part")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.chmod(partial, mode)
+    os.replace(partial, path)
+
+
+def container_key(handle: JobHandle) -> str:
+    """The label value a job's containers carry: its sandbox's, else its own id."""
+    return str(handle.data.get("sandbox") or handle.job_id)
 
 
 def _timestamp_key(stamp: str) -> tuple[str, str]:
@@ -117,6 +140,10 @@ class DockerBackend(Backend):
         self._lock = threading.Lock()
         self._reapers: dict[str, threading.Thread] = {}
         self._cpu: ContainerCpu | None = None
+        self.pool: SandboxPool | None = None
+        if self.config.warm_pool_size > 0:
+            self.pool = SandboxPool(self)
+            self.pool.start()
 
     # -- the engine, the user, the images ---------------------------------------------------
 
@@ -170,6 +197,9 @@ class DockerBackend(Backend):
     def check_image(self, image: str | None) -> None:
         self.image_info(image)
 
+    def warm_pool(self) -> tuple[int, int] | None:
+        return (self.pool.size, self.pool.ready()) if self.pool is not None else None
+
     # -- starting -----------------------------------------------------------------------------
 
     def _socket_dir(self, job_id: str) -> Path:
@@ -183,60 +213,84 @@ class DockerBackend(Backend):
             )
         )
 
+    def _spawn_gateway(self, key: str, options: list[str], env: dict[str, str]) -> subprocess.Popen:
+        """Start a store gateway process listening on ``key``'s socket folder."""
+        directory = self._socket_dir(key)
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.socket_root, 0o755)
+        os.chmod(directory, 0o755)
+        storage = self.settings.storage
+        endpoint = storage.endpoint_url or f"https://s3.{storage.region}.amazonaws.com"
+        command = [
+            sys.executable, "-m", "insitu.gateway",
+            "--listen", f"unix:{directory / 'store.sock'}",
+            "--endpoint", endpoint, "--region", storage.region, *options,
+        ]  # fmt: skip
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join(sys.path), **env}
+        with open(directory / "gateway.log", "ab") as log_file:
+            return subprocess.Popen(
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
+
+    def _await_socket(self, key: str, job_id: str, alive: Any) -> None:
+        """Wait until the gateway listens on ``key``'s socket; raise if it died."""
+        socket_path = self._socket_dir(key) / "store.sock"
+        deadline = time.monotonic() + RELAY_START_TIMEOUT
+        while not socket_path.exists():
+            if not alive() or time.monotonic() > deadline:
+                raise BackendError(
+                    f"the store gateway for job {job_id} did not start; see "
+                    f"{self._socket_dir(key)}/gateway.log"
+                )
+            time.sleep(0.005)
+
+    def _write_limit(self) -> int:
+        return max(4 * int(self.settings.limits.max_result_bytes), 1 << 30)
+
+    def _counts_path(self, job_id: str) -> Path:
+        counts = self.settings.home / "gateway" / f"{job_id}.json"
+        counts.parent.mkdir(parents=True, exist_ok=True)
+        return counts
+
+    @staticmethod
+    def _gateway_facts(
+        request: LaunchRequest, pid: int, created: float, counts: Path
+    ) -> dict[str, Any]:
+        return {
+            "relay_pid": pid,
+            "relay_create_time": created,
+            "gateway_counts": str(counts),
+            "gateway_scan": bool(request.dataset_url and request.dataset_url.startswith("s3://")),
+            "store_access": "enforced by insitu's store gateway: the job holds no store "
+            "credential and may read only its dataset and workspace, write only its workspace",
+        }
+
     def _start_gateway(self, request: LaunchRequest, route: StoreRoute) -> dict[str, Any]:
         """Start the job's store gateway on the socket its gateway container relays to.
 
         The gateway holds the job's store credentials; the job's containers hold none.
         """
         job_id = request.job_id
-        directory = self._socket_dir(job_id)
-        directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.socket_root, 0o755)
-        os.chmod(directory, 0o755)
-        socket_path = directory / "store.sock"
-        counts = self.settings.home / "gateway" / f"{job_id}.json"
-        counts.parent.mkdir(parents=True, exist_ok=True)
-        storage = self.settings.storage
-        endpoint = storage.endpoint_url or f"https://s3.{storage.region}.amazonaws.com"
-        command = [
-            sys.executable, "-m", "insitu.gateway", "--listen", f"unix:{socket_path}",
-            "--endpoint", endpoint, "--region", storage.region, "--counts", str(counts),
-            "--max-write-bytes", str(max(4 * int(self.settings.limits.max_result_bytes), 1 << 30)),
-        ]  # fmt: skip
+        counts = self._counts_path(job_id)
+        options = ["--counts", str(counts), "--max-write-bytes", str(self._write_limit())]
         urls = (("--dataset", request.dataset_url), ("--workspace", request.workspace_url))
         for flag, url in urls:
             if url and url.startswith("s3://"):
-                command += [flag, url]
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": os.pathsep.join(sys.path),
-            **{k: v for k, v in request.env.items() if k in GATEWAY_CREDENTIALS},
-        }
-        with open(directory / "gateway.log", "ab") as log:
-            process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env=env,
-            )
-        deadline = time.monotonic() + RELAY_START_TIMEOUT
-        while not socket_path.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise BackendError(
-                    f"the store gateway for job {job_id} did not start; see {directory}/gateway.log"
-                )
-            time.sleep(0.02)
-        return {
-            "relay_pid": process.pid,
-            "relay_create_time": psutil.Process(process.pid).create_time(),
-            "gateway_counts": str(counts),
-            "gateway_scan": bool(request.dataset_url and request.dataset_url.startswith("s3://")),
-            "store_access": "enforced by insitu's store gateway: the job holds no store "
-            "credential and may read only its dataset and workspace, write only its workspace",
-        }
+                options += [flag, url]
+        credentials = {k: v for k, v in request.env.items() if k in GATEWAY_CREDENTIALS}
+        process = self._spawn_gateway(job_id, options, credentials)
+        try:
+            self._await_socket(job_id, job_id, lambda: process.poll() is None)
+        except BackendError:
+            process.kill()
+            raise
+        created = psutil.Process(process.pid).create_time()
+        return self._gateway_facts(request, process.pid, created, counts)
 
     def _prepare_workspace(self, url: str) -> None:
         """A local workspace must be writable by the containers' non-root user."""
@@ -249,19 +303,27 @@ class DockerBackend(Backend):
             for item in [path, *path.rglob("*")]:
                 os.chown(item, uid, gid)
 
+    def _route(self, urls: list[str]) -> StoreRoute | None:
+        buckets = [urlsplit(u).netloc for u in urls if u.startswith("s3://")]
+        storage = self.settings.storage
+        return store_route(urls, storage.endpoint_url, storage.region, [b for b in buckets if b])
+
     def _start(self, request: LaunchRequest) -> JobHandle:
         info = self.image_info(request.image)
         existing = self._job_containers(request.job_id)
         if any(c["Labels"].get(LABEL_COMPONENT) == "runner" for c in existing):
             return self._handle(request, info, {})
         self._remove_all(request.job_id, existing)
-        buckets = [urlsplit(u).netloc for u in (request.dataset_url, request.workspace_url) if u]
-        route = store_route(
-            [u for u in (request.dataset_url, request.workspace_url) if u],
-            self.settings.storage.endpoint_url,
-            self.settings.storage.region,
-            [b for b in buckets if b],
-        )
+        route = self._route([u for u in (request.dataset_url, request.workspace_url) if u])
+        sandbox = self.pool.take(request, info.id, route) if self.pool is not None else None
+        if sandbox is not None:
+            try:
+                return self._assign(sandbox, request, info, route)
+            except Exception as exc:  # the sandbox is sick: start the job cold
+                log.warning(
+                    "warm sandbox %s could not take job %s: %s", sandbox.key, request.job_id, exc
+                )
+                self.remove_sandbox(sandbox.key)
         relay: dict[str, Any] = {}
         try:
             if route is not None:
@@ -293,6 +355,137 @@ class DockerBackend(Backend):
             text = getattr(exc, "explanation", None) or str(exc)
             raise BackendError(f"Docker could not start the job's containers: {text}") from None
         return self._handle(request, info, relay)
+
+    # -- the warm pool's sandboxes ------------------------------------------------------
+
+    def _pool_route(self) -> StoreRoute | None:
+        return self._route(["s3://", self.settings.resolved_workspace_url])
+
+    def create_sandbox(self, key: str) -> Sandbox:
+        """Start a sandbox for a job not yet known: its gateway waits, its runner waits."""
+        config = self.config
+        info = self.image_info(config.warm_pool_image or config.default_image)
+        route = self._pool_route()
+        if route is None:  # unreachable: _pool_route always names the store
+            raise BackendError("the warm pool needs object storage")
+        config_path = self._counts_path(key).with_suffix(".config.json")
+        config_path.unlink(missing_ok=True)
+        process = self._spawn_gateway(key, ["--await-config", str(config_path)], {})
+        created = psutil.Process(process.pid).create_time()
+        sandbox = Sandbox(key, info.id, process.pid, created, route.aliases)
+        request = LaunchRequest(
+            job_id=key,
+            workspace_url="",
+            resources=Resources(
+                workers=config.warm_pool_workers,
+                threads_per_worker=config.warm_pool_threads,
+                memory_per_worker=config.warm_pool_memory,
+            ),
+            timeout_s=0.0,
+        )
+        try:
+            containers = plan(
+                job_request(request, route),
+                image=info.id,
+                settings=config,
+                user=self.user,
+                server_id=self.server_id,
+                host_cpus=int(self.client.info().get("NCPU") or os.cpu_count() or 1),
+                store=route,
+                socket_dir=self._socket_dir(key),
+                runner_env={},
+                sandbox=True,
+            )
+            for spec in containers.specs:
+                started = self.client.containers.run(**spec)
+            self._await_ready(started.id, config.worker_start_timeout + 60)
+        except Exception as exc:
+            self.remove_sandbox(key)
+            text = getattr(exc, "explanation", None) or str(exc)
+            raise BackendError(f"Docker could not start a warm sandbox: {text}") from None
+        return sandbox
+
+    def _await_ready(self, runner_id: str, timeout: float) -> None:
+        """Wait until the sandbox's runner has imported the runtime and seen its workers."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if READY_LINE.encode() in self.client.api.logs(runner_id, stdout=True, tail=20):
+                return
+            if self._state(runner_id).get("Status") not in ("created", "running"):
+                raise BackendError("the sandbox's runner stopped before it was ready")
+            time.sleep(0.2)
+        raise BackendError(f"the sandbox was not ready within {timeout:.0f} s")
+
+    def sandbox_alive(self, sandbox: Sandbox) -> bool:
+        """Whether the sandbox's gateway waits and all its containers run."""
+        try:
+            gateway = psutil.Process(sandbox.gateway_pid)
+            if abs(gateway.create_time() - sandbox.gateway_create_time) >= 1.0:
+                return False
+        except psutil.Error:
+            return False
+        containers = self._job_containers(sandbox.key)
+        return len(containers) >= 4 and all(c["State"] == "running" for c in containers)
+
+    def remove_sandbox(self, key: str) -> None:
+        """Remove a sandbox no job will use: its containers, its gateway, its files."""
+        self._remove_all(key, self._job_containers(key))
+        self._stop_relay(key)
+        self._counts_path(key).with_suffix(".config.json").unlink(missing_ok=True)
+
+    def assigned_job(self, key: str) -> str | None:
+        """The job a sandbox was given, as the server wrote it (None while it waits)."""
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            return str(json.loads((self._socket_dir(key) / ASSIGNMENT_FILE).read_text())["job_id"])
+        return None
+
+    def _assign(
+        self, sandbox: Sandbox, request: LaunchRequest, info: ImageInfo, route: StoreRoute | None
+    ) -> JobHandle:
+        """Give ``sandbox`` to the job: its gateway's policy and keys, then the runner's job."""
+        assert route is not None
+        counts = self._counts_path(request.job_id)
+        gateway_config = {
+            "dataset": request.dataset_url,
+            "workspace": request.workspace_url,
+            "counts": str(counts),
+            "max_write_bytes": self._write_limit(),
+            "credentials": {k: v for k, v in request.env.items() if k in GATEWAY_CREDENTIALS},
+        }
+        config_path = self._counts_path(sandbox.key).with_suffix(".config.json")
+        _write_atomically(config_path, json.dumps(gateway_config), 0o600)
+
+        def gateway_alive() -> bool:
+            return psutil.pid_exists(sandbox.gateway_pid)
+
+        self._await_socket(sandbox.key, request.job_id, gateway_alive)
+        env = {
+            **job_request(request, route).env,
+            "INSITU_JOB_ID": request.job_id,
+            "INSITU_IMAGE": info.name,
+            "INSITU_IMAGE_ID": info.id,
+            "INSITU_IMAGE_DIGEST": info.digest,
+        }
+        assignment = {"job_id": request.job_id, "workspace": request.workspace_url, "env": env}
+        _write_atomically(
+            self._socket_dir(sandbox.key) / ASSIGNMENT_FILE, json.dumps(assignment), 0o644
+        )
+        # What the sandbox used while it waited is not the job's.
+        self.cpu.baseline(request.job_id, self._job_containers(sandbox.key))
+        relay = self._gateway_facts(
+            request, sandbox.gateway_pid, sandbox.gateway_create_time, counts
+        )
+        resources = request.resources.model_copy(
+            update={
+                "workers": self.config.warm_pool_workers,
+                "memory_per_worker": self.config.warm_pool_memory,
+            }
+        )
+        return self._handle(
+            replace(request, resources=resources),
+            info,
+            {**relay, "sandbox": sandbox.key, "warm": True},
+        )
 
     def _handle(self, request: LaunchRequest, info: ImageInfo, relay: dict[str, Any]) -> JobHandle:
         return JobHandle(
@@ -369,10 +562,12 @@ class DockerBackend(Backend):
         by_job: dict[str, list[dict[str, Any]]] = {}
         for container in containers:
             by_job.setdefault(container["Labels"].get(LABEL_JOB, ""), []).append(container)
-        statuses = {h.job_id: self._status_one(h, by_job.get(h.job_id, [])) for h in handles}
-        for job_id, status in statuses.items():
+        statuses = {}
+        for handle in handles:
+            mine = by_job.get(container_key(handle), [])
+            statuses[handle.job_id] = status = self._status_one(handle, mine)
             if status.phase == BackendPhase.RUNNING:
-                self.cpu.sample(job_id, by_job.get(job_id, []))
+                self.cpu.sample(handle.job_id, mine)
         return statuses
 
     async def status(self, handles: Iterable[JobHandle]) -> dict[str, BackendStatus]:
@@ -384,12 +579,15 @@ class DockerBackend(Backend):
         """The job's gathered log: every container's lines, prefixed with its role."""
         return job_log_path(self.settings, job_id)
 
-    def _sync_logs(self, job_id: str, containers: list[dict[str, Any]] | None = None) -> None:
+    def _sync_logs(
+        self, job_id: str, group: str | None = None, containers: list[dict[str, Any]] | None = None
+    ) -> None:
         """Append the containers' new log lines to the job's log, in time order."""
         with self._lock:
             lock = self._log_locks.setdefault(job_id, threading.Lock())
         with lock:
-            containers = self._job_containers(job_id) if containers is None else containers
+            if containers is None:
+                containers = self._job_containers(group or job_id)
             cursor_path = self.log_dir / f"{job_id}.cursor.json"
             cursor: dict[str, str] = {}
             if cursor_path.exists():
@@ -397,7 +595,9 @@ class DockerBackend(Backend):
             lines: list[tuple[tuple[str, str], bytes]] = []
             for container in containers:
                 name = container["Names"][0].lstrip("/")
-                role = name.removeprefix(f"insitu-{job_id}-")
+                role = container["Labels"].get(LABEL_COMPONENT, "?")
+                if role == "worker":
+                    role = f"worker-{container['Labels'].get(LABEL_WORKER, '?')}"
                 last = cursor.get(name)
                 since = int(datetime.fromisoformat(last[:19]).timestamp()) if last else None
                 try:
@@ -422,18 +622,18 @@ class DockerBackend(Backend):
                     out.write(text if text.endswith(b"\n") else text + b"\n")
             cursor_path.write_text(json.dumps(cursor))
 
-    def _read_log(self, job_id: str, offset: int) -> tuple[bytes, int]:
+    def _read_log(self, handle: JobHandle, offset: int) -> tuple[bytes, int]:
         with contextlib.suppress(BackendError):
-            self._sync_logs(job_id)
-        return read_log(self.log_path(job_id), offset)
+            self._sync_logs(handle.job_id, container_key(handle))
+        return read_log(self.log_path(handle.job_id), offset)
 
     async def logs(self, handle: JobHandle, offset: int = 0) -> tuple[bytes, int]:
-        return await asyncio.to_thread(self._read_log, handle.job_id, offset)
+        return await asyncio.to_thread(self._read_log, handle, offset)
 
     # -- stopping and removing ----------------------------------------------------------------
 
-    def _stop(self, job_id: str, grace: float) -> None:
-        containers = self._job_containers(job_id)
+    def _stop(self, key: str, grace: float) -> None:
+        containers = self._job_containers(key)
         runner = [c for c in containers if c["Labels"].get(LABEL_COMPONENT) == "runner"]
         for container in runner:
             with contextlib.suppress(Exception):
@@ -476,10 +676,10 @@ class DockerBackend(Backend):
                     return [process]
                 return []  # the pid was reused: the relay is gone
             return []
-        return self._relays().get(handle.job_id, [])  # a handle from before the relay started
+        return self._relays().get(container_key(handle), [])  # from before the relay started
 
-    def _stop_relay(self, job_id: str, processes: list[psutil.Process] | None = None) -> None:
-        for process in self._relays().get(job_id, []) if processes is None else processes:
+    def _stop_relay(self, key: str, processes: list[psutil.Process] | None = None) -> None:
+        for process in self._relays().get(key, []) if processes is None else processes:
             with contextlib.suppress(psutil.Error):
                 process.terminate()  # the gateway writes its counts a last time
                 try:
@@ -487,14 +687,15 @@ class DockerBackend(Backend):
                 except psutil.TimeoutExpired:
                     process.kill()
                     process.wait(5)
-        shutil.rmtree(self._socket_dir(job_id), ignore_errors=True)
+        shutil.rmtree(self._socket_dir(key), ignore_errors=True)
 
     def _cleanup(self, handle: JobHandle) -> None:
-        containers = self._job_containers(handle.job_id)
+        key = container_key(handle)
+        containers = self._job_containers(key)
         with contextlib.suppress(Exception):
-            self._sync_logs(handle.job_id, containers)
-        self._remove_all(handle.job_id, containers)
-        self._stop_relay(handle.job_id, self._relay_of(handle))
+            self._sync_logs(handle.job_id, key, containers)
+        self._remove_all(key, containers)
+        self._stop_relay(key, self._relay_of(handle))
         (self.log_dir / f"{handle.job_id}.cursor.json").unlink(missing_ok=True)
         if handle.data.get("gateway_counts"):  # read by the dispatcher before cleanup
             Path(handle.data["gateway_counts"]).unlink(missing_ok=True)
@@ -503,7 +704,7 @@ class DockerBackend(Backend):
 
     def _reap(self, handle: JobHandle) -> None:
         """Let a finished runner log its last lines and exit, then remove everything."""
-        for container in self._job_containers(handle.job_id):
+        for container in self._job_containers(container_key(handle)):
             if container["Labels"].get(LABEL_COMPONENT) == "runner":
                 with contextlib.suppress(Exception):
                     self.client.api.wait(container["Id"], timeout=REAP_GRACE)
@@ -517,7 +718,7 @@ class DockerBackend(Backend):
         """CPU time of the job's containers as the engine counts it, sampled by the server."""
 
         def measure() -> float:
-            self.cpu.sample(handle.job_id, self._job_containers(handle.job_id), force=True)
+            self.cpu.sample(handle.job_id, self._job_containers(container_key(handle)), force=True)
             return self.cpu.seconds(handle.job_id)
 
         used = await asyncio.to_thread(measure)
@@ -527,7 +728,7 @@ class DockerBackend(Backend):
 
     async def seal(self, handle: JobHandle) -> None:
         """Stop the job's store gateway: from now on the job can neither read nor write."""
-        await asyncio.to_thread(self._stop_relay, handle.job_id, self._relay_of(handle))
+        await asyncio.to_thread(self._stop_relay, container_key(handle), self._relay_of(handle))
 
     async def bytes_scanned(self, handle: JobHandle) -> Metered | None:
         """The dataset bytes the job's store gateway let through."""
@@ -541,7 +742,7 @@ class DockerBackend(Backend):
             return None
 
     async def cancel(self, handle: JobHandle, grace: float = 5.0) -> None:
-        await asyncio.to_thread(self._stop, handle.job_id, grace)
+        await asyncio.to_thread(self._stop, container_key(handle), grace)
         await self.cleanup(handle)
 
     async def cleanup(self, handle: JobHandle) -> None:
@@ -555,29 +756,41 @@ class DockerBackend(Backend):
             self._reapers[handle.job_id] = reaper
         reaper.start()
 
+    def _kept(self, key: str, live_job_ids: set[str]) -> bool:
+        """Whether a container group, relay or socket folder belongs to a live job or the pool."""
+        if not is_sandbox(key):
+            return key in live_job_ids
+        if self.pool is not None and key in self.pool.owned():
+            return True
+        return self.assigned_job(key) in live_job_ids
+
     def _orphans(self, live_job_ids: set[str]) -> list[str]:
         containers = self.client.api.containers(
             all=True, filters={"label": f"{LABEL_SERVER}={self.server_id}"}
         )
-        by_job: dict[str, list[dict[str, Any]]] = {}
+        by_key: dict[str, list[dict[str, Any]]] = {}
         for container in containers:
-            by_job.setdefault(container["Labels"].get(LABEL_JOB, ""), []).append(container)
+            by_key.setdefault(container["Labels"].get(LABEL_JOB, ""), []).append(container)
         removed = []
-        for job_id, group in by_job.items():
-            if job_id not in live_job_ids:
+        for key, group in by_key.items():
+            if self._kept(key, live_job_ids):
+                continue
+            job_id = self.assigned_job(key) if is_sandbox(key) else key
+            if job_id:
                 with contextlib.suppress(Exception):
-                    self._sync_logs(job_id, group)
-                self._remove_all(job_id, group)
-                removed.append(job_id)
-        # Relays of jobs that are over, and their socket folders.
-        for job_id in self._relays():
-            if job_id not in live_job_ids:
-                self._stop_relay(job_id)
+                    self._sync_logs(job_id, key, group)
+            self._remove_all(key, group)
+            removed.append(job_id or key)
+        # Gateways of jobs that are over (and of sandboxes no one took), and their folders.
+        for key in self._relays():
+            if not self._kept(key, live_job_ids):
+                job_id = (self.assigned_job(key) if is_sandbox(key) else key) or key
+                self._stop_relay(key)
                 if job_id not in removed:
                     removed.append(job_id)
         if self.socket_root.exists():
             for directory in self.socket_root.iterdir():
-                if directory.name not in live_job_ids:
+                if not self._kept(directory.name, live_job_ids):
                     shutil.rmtree(directory, ignore_errors=True)
         return removed
 
@@ -592,6 +805,8 @@ class DockerBackend(Backend):
             reaper.join(max(0.0, deadline - time.monotonic()))
 
     async def close(self) -> None:
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.stop)
         await asyncio.to_thread(self._join_reapers, REAP_GRACE + 20)
         with self._lock:
             client, self._client = self._client, None

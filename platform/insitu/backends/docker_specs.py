@@ -25,6 +25,7 @@ LABEL_SERVER = "insitu.io/server"
 LABEL_WORKER = "insitu.io/worker"
 SCHEDULER_PORT = 8786
 SOCKET_DIR = "/run/insitu"  # where the gateway sees the store socket
+ASSIGNMENT_FILE = "assignment.json"  # where a warm sandbox's runner learns its job
 COMPONENTS = ("gateway", "scheduler", "worker", "runner")
 
 
@@ -160,8 +161,13 @@ def plan(
     store: StoreRoute | None,
     socket_dir: Path | None,
     runner_env: dict[str, str],
+    sandbox: bool = False,
 ) -> JobContainers:
-    """The containers of one job: gateway, scheduler, workers, runner."""
+    """The containers of one job: gateway, scheduler, workers, runner.
+
+    A warm ``sandbox``'s runner waits for the server to assign it a job, through a file
+    in ``socket_dir`` (mounted read-only), instead of running ``request``'s workspace.
+    """
     job = JobContainers(request.job_id)
     common = _Common(job, image, settings, user, server_id)
     res = request.resources
@@ -225,12 +231,16 @@ def plan(
             worker["device_requests"] = [{"Count": res.gpu, "Capabilities": [["gpu"]]}]
         job.specs.append(worker)
 
-    runner_cmd = [
-        "python", "-m", "insitu.runtime", request.workspace_url,
+    waits = [
         "--scheduler", f"tcp://127.0.0.1:{SCHEDULER_PORT}",
         "--wait-workers", str(res.workers),
         "--wait-timeout", str(int(settings.worker_start_timeout)),
     ]  # fmt: skip
+    if sandbox:
+        assignment = f"{SOCKET_DIR}/{ASSIGNMENT_FILE}"
+        runner_cmd = ["python", "-m", "insitu.runtime.sandbox", "--assignment", assignment, *waits]
+    else:
+        runner_cmd = ["python", "-m", "insitu.runtime", request.workspace_url, *waits]
     runner = _container(
         common,
         "runner",
@@ -243,6 +253,8 @@ def plan(
     mounts = dict(read_mounts)
     if work_dir is not None:
         mounts[str(work_dir)] = {"bind": str(work_dir), "mode": "rw"}
+    if sandbox and socket_dir is not None:
+        mounts[str(socket_dir)] = {"bind": SOCKET_DIR, "mode": "ro"}
     if mounts:
         runner["volumes"] = mounts
     job.specs.append(runner)

@@ -121,7 +121,7 @@ class LocalBackend(Backend):
             created = psutil.Process(pid).create_time()
         except psutil.Error:
             created = time.time()
-        data = {"pid": pid, "create_time": created, "host": self.host, "pool": pool}
+        data = {"pid": pid, "create_time": created, "host": self.host, "pool": pool, "warm": pool}
         return JobHandle("local", job_id, data)
 
     async def start(self, request: LaunchRequest) -> JobHandle:
@@ -248,6 +248,11 @@ class LocalBackend(Backend):
                 await asyncio.to_thread(self._kill, handle, 1.0)
                 killed.append(job_id)
         return killed
+
+    def warm_pool(self) -> tuple[int, int] | None:
+        if self.pool is None:
+            return None
+        return (1, 1 if self.pool.address() else 0)
 
     async def close(self) -> None:
         if self.pool is not None:

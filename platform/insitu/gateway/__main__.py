@@ -6,6 +6,13 @@
 
 The store credentials come from the environment (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, optionally ``AWS_SESSION_TOKEN``): the gateway's, never the job's.
+Without them the gateway uses botocore's own credential chain (an instance profile, a
+pod's web identity), which refreshes itself: a long job never outlives its signer's keys.
+
+A warm sandbox's gateway starts before its job is known: ``--await-config FILE`` makes it
+import everything, then wait for the server to write FILE (a JSON object with ``dataset``,
+``workspace``, ``counts``, ``max_write_bytes`` and optionally ``credentials``), read and
+delete it, and only then listen.
 """
 
 from __future__ import annotations
@@ -13,16 +20,57 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import botocore.session
 from botocore.credentials import Credentials
 
 from insitu.gateway.policy import Policy, Prefix
 from insitu.gateway.server import Gateway, Upstream, WriteLimits, serve
 from insitu.relay import Address
+
+CONFIG_POLL = 0.01  # seconds between looks for an awaited config
+
+
+class GatewayConfigError(ValueError):
+    """The gateway was started with something it cannot work with."""
+
+
+def signer(values: dict[str, str]) -> Callable[[], Any]:
+    """What signs requests: the keys given, else botocore's refreshing credential chain."""
+    key, secret = values.get("AWS_ACCESS_KEY_ID"), values.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        fixed = Credentials(key, secret, values.get("AWS_SESSION_TOKEN"))
+        return lambda: fixed
+    found = botocore.session.get_session().get_credentials()
+    if found is None:
+        raise GatewayConfigError(
+            "the gateway found no store credentials: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or run it where botocore finds a role"
+        )
+    return found.get_frozen_credentials  # refreshed by botocore before they expire
+
+
+def await_config(path: Path) -> dict[str, Any]:
+    """Wait for the server to write ``path``; read it and delete it (it holds keys)."""
+    while True:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            time.sleep(CONFIG_POLL)
+            continue
+        path.unlink(missing_ok=True)
+        config = json.loads(text)
+        if not isinstance(config, dict):
+            raise GatewayConfigError(f"{path} does not hold a JSON object")
+        return config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,25 +85,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-write-bytes", type=int, default=4 << 30, help="most bytes a job writes in all"
     )
+    parser.add_argument(
+        "--await-config", type=Path, help="wait for this JSON file to learn the job (warm pool)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s gateway: %(message)s")
+    values: dict[str, str] = dict(os.environ)
     try:
+        if args.await_config is not None:
+            config = await_config(args.await_config)
+            args.dataset, args.workspace = config.get("dataset"), config.get("workspace")
+            args.counts = Path(config["counts"]) if config.get("counts") else None
+            args.max_write_bytes = int(config.get("max_write_bytes", args.max_write_bytes))
+            values.update(config.get("credentials") or {})
         listen = Address.parse(args.listen)
         policy = Policy(
             Prefix.of(args.dataset) if args.dataset else None,
             Prefix.of(args.workspace) if args.workspace else None,
         )
-    except ValueError as exc:
+        credentials = signer(values)
+    except (ValueError, KeyError) as exc:
         print(exc, file=sys.stderr)
         return 2
-    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if not key or not secret:
-        print("the gateway needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY", file=sys.stderr)
-        return 2
-    credentials = Credentials(key, secret, os.environ.get("AWS_SESSION_TOKEN"))
     limits = WriteLimits(max_keys=args.max_keys, max_bytes=args.max_write_bytes)
     upstream = Upstream(args.endpoint, args.region)
-    gateway = Gateway(policy, upstream, lambda: credentials, args.counts, limits)
+    gateway = Gateway(policy, upstream, credentials, args.counts, limits)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(gateway, listen))
     return 0
