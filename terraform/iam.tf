@@ -1,6 +1,8 @@
 # IAM roles for service accounts (IRSA): the insitu API's role, and the job-reader role that
-# jobs use, either through the API (AssumeRole with a per-job session policy) or through their
-# own service account in a tenant namespace.
+# signs jobs' store requests, either in the jobs' store gateways (their service account in the
+# API's namespace; botocore refreshes the web identity, so a job may run past an hour) or
+# through the API (AssumeRole with a per-job session policy, for the docker and local
+# backends). Job pods have no role at all: their service account has no annotation.
 
 resource "aws_iam_openid_connect_provider" "eks" {
   url            = aws_eks_cluster.this.identity[0].oidc[0].issuer
@@ -10,7 +12,7 @@ resource "aws_iam_openid_connect_provider" "eks" {
 
 locals {
   api_subject     = "system:serviceaccount:${var.api_namespace}:${var.api_service_account}"
-  job_subject     = "system:serviceaccount:${var.tenant_namespace_prefix}*:${var.job_service_account}"
+  gateway_subject = "system:serviceaccount:${var.api_namespace}:${var.gateway_service_account}"
   data_prefix_arn = "${aws_s3_bucket.data.arn}/${local.data_prefix}/*"
   jobs_prefix_arn = "${aws_s3_bucket.results.arn}/${local.results_prefix}/*"
 }
@@ -153,7 +155,7 @@ data "aws_iam_policy_document" "job_assume" {
   }
 
   statement {
-    sid     = "TenantJobServiceAccounts"
+    sid     = "StoreGatewayServiceAccount"
     actions = ["sts:AssumeRoleWithWebIdentity"]
 
     principals {
@@ -162,9 +164,9 @@ data "aws_iam_policy_document" "job_assume" {
     }
 
     condition {
-      test     = "StringLike"
+      test     = "StringEquals"
       variable = "${local.oidc_issuer}:sub"
-      values   = [local.job_subject]
+      values   = [local.gateway_subject]
     }
 
     condition {

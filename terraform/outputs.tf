@@ -51,7 +51,7 @@ output "api_service_account" {
 }
 
 output "job_role_arn" {
-  description = "The job-reader role: the API assumes it with a per-job session policy; tenant job service accounts may use it through IRSA."
+  description = "The job-reader role: the jobs' store gateways sign with it (IRSA); the API assumes it with a per-job session policy for docker and local jobs. No job pod holds it."
   value       = aws_iam_role.job.arn
 }
 
@@ -147,6 +147,12 @@ output "helm_values" {
       namespacePrefix   = var.tenant_namespace_prefix
       jobServiceAccount = var.job_service_account
       dataZone          = var.data_availability_zone
+    }
+    gateway = {
+      # The job-reader role trusts exactly this service account (namespace api_namespace).
+      serviceAccount = var.gateway_service_account
+      roleArn        = aws_iam_role.job.arn
+      port           = 8080
     }
     api        = { nodeSelector = { "insitu.io/pool" = "system" } }
     dispatcher = { nodeSelector = { "insitu.io/pool" = "system" } }

@@ -332,7 +332,7 @@ variable "api_service_account" {
 }
 
 variable "tenant_namespace_prefix" {
-  description = "Prefix of the per-tenant namespaces jobs run in; any namespace starting with it may use the job role."
+  description = "Prefix of the per-tenant namespaces jobs run in."
   type        = string
   default     = "insitu-tenant-"
 
@@ -342,8 +342,19 @@ variable "tenant_namespace_prefix" {
   }
 }
 
+variable "gateway_service_account" {
+  description = "Service account of the jobs' store gateway pods in api_namespace; it alone gets the job-reader role through IRSA."
+  type        = string
+  default     = "insitu-gateway"
+
+  validation {
+    condition     = can(regex("^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$", var.gateway_service_account))
+    error_message = "gateway_service_account must be a Kubernetes service account name."
+  }
+}
+
 variable "job_service_account" {
-  description = "Service account of job pods in the tenant namespaces; it gets the job-reader role through IRSA."
+  description = "Service account of job pods in the tenant namespaces; it has no cloud role (jobs reach the store through their gateway)."
   type        = string
   default     = "insitu-job"
 

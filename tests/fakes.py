@@ -18,6 +18,7 @@ from insitu.backends.base import (
 from insitu.config import Settings
 from insitu.db.engine import Database
 from insitu.db.models import Job, User
+from insitu.errors import BackendBusy
 from insitu.runtime.workspace import (
     OUTCOME_FILE,
     RESULTS_DIR,
@@ -40,6 +41,8 @@ class FakeBackend(Backend):
     """
 
     fail_start: bool = False
+    busy: int = 0  # start() says "not yet" this many times first
+    requests: list[LaunchRequest] = field(default_factory=list)
     started: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)
@@ -53,6 +56,10 @@ class FakeBackend(Backend):
     async def start(self, request: LaunchRequest) -> JobHandle:
         if self.fail_start:
             raise RuntimeError("no capacity left")
+        self.requests.append(request)
+        if self.busy:
+            self.busy -= 1
+            raise BackendBusy("waiting for a warm sandbox")
         self.started.append(request.job_id)
         self.phases[request.job_id] = BackendPhase.RUNNING
         return JobHandle("fake", request.job_id, {"workspace": request.workspace_url})

@@ -9,6 +9,7 @@ the real API server would (422 when invalid), answers 409 for objects that exist
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -20,11 +21,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import jsonschema
 
 DATA = Path(__file__).parent / "data" / "k8s"
 _CORE = re.compile(
     r"^/api/v1/namespaces(?:/(?P<ns>[^/]+)(?:/(?P<kind>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>log))?)?)?)?$"
+)
+_PROXY = re.compile(
+    r"^/api/v1/namespaces/(?P<ns>[^/]+)/services/(?P<name>[^/:]+)(?::\d+)?/proxy(?P<rest>/.*)$"
 )
 _GROUP = re.compile(
     r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)(?:/namespaces/(?P<ns>[^/]+))?/(?P<kind>[^/]+)(?:/(?P<name>[^/]+))?$"
@@ -50,6 +55,7 @@ class FakeCluster:
     pod_lists: dict[str, dict[str, Any]] = field(default_factory=dict)  # by job id
     logs: dict[str, bytes] = field(default_factory=dict)  # by pod name
     requests: list[tuple[str, str]] = field(default_factory=list)
+    services: dict[tuple[str, str], str] = field(default_factory=dict)  # proxied, to a URL
     url: str = ""
 
     def created(self, kind: str) -> list[dict[str, Any]]:
@@ -100,7 +106,26 @@ class _Handler(BaseHTTPRequestHandler):
             return group["kind"], group["ns"], group["name"], None, query
         return "?", None, None, None, query
 
+    def _proxy(self, method: str) -> bool:
+        """The API server's service proxy: pass the request on to the service's URL."""
+        match = _PROXY.match(urlsplit(self.path).path)
+        if not match:
+            return False
+        self.cluster.requests.append((method, self.path))
+        target = self.cluster.services.get((match["ns"], match["name"]))
+        if target is None:
+            self._status(503, "ServiceUnavailable", f"no endpoints for {match['name']}")
+            return True
+        headers = {k: v for k, v in self.headers.items() if k.lower().startswith("x-")}
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        answer = httpx.request(method, target + match["rest"], headers=headers, content=body)
+        self._send(answer.status_code, answer.content, answer.headers.get("Content-Type", ""))
+        return True
+
     def do_POST(self) -> None:
+        if self._proxy("POST"):
+            return
         kind, ns, _, _, _ = self._route()
         self.cluster.requests.append(("POST", self.path))
         body = self._body()
@@ -119,10 +144,16 @@ class _Handler(BaseHTTPRequestHandler):
         body.setdefault("metadata", {}).update(
             uid=f"uid-{len(self.cluster.objects)}", creationTimestamp="2026-11-25T09:00:00Z"
         )
+        if kind == "secrets":  # stored as the API server stores it: base64 data
+            given = body.pop("stringData", {})
+            encoded = {k: base64.b64encode(v.encode()).decode() for k, v in given.items()}
+            body["data"] = {**body.get("data", {}), **encoded}
         self.cluster.objects[key] = body
         self._send(201, body)
 
     def do_GET(self) -> None:
+        if self._proxy("GET"):
+            return
         kind, ns, name, sub, query = self._route()
         self.cluster.requests.append(("GET", self.path))
         if kind == "pods" and sub == "log" and name:

@@ -261,3 +261,21 @@ def test_one_job_whose_results_cannot_be_read_never_holds_up_the_others(
     monkeypatch.setattr(results, "list_results", original)
     run_pass(dispatcher)
     assert load(world, stuck.id).state == "succeeded"
+
+
+def test_a_job_the_backend_will_start_shortly_stays_admitted_with_its_request(
+    world: World,
+) -> None:
+    """A warm sandbox on its way: the job waits, admitted, and is asked for again as it was
+    (the same launch request: no new credentials each pass), then runs."""
+    backend = FakeBackend(busy=2)
+    dispatcher = Dispatcher(world.settings, world.db, backend)
+    job = world.submit()
+    run_pass(dispatcher, times=2)
+    waiting = load(world, job.id)
+    assert waiting.state == "admitted" and waiting.handle is None and backend.started == []
+    run_pass(dispatcher)
+    started = load(world, job.id)
+    assert started.state == "provisioning" and backend.started == [job.id]
+    assert len(backend.requests) == 3 and all(r is backend.requests[0] for r in backend.requests)
+    assert states(started) == ["queued", "admitted", "provisioning"]

@@ -28,7 +28,7 @@ import dockerlab
 from helpers import wait_for
 from insitu import images
 from insitu.backends.base import LABEL_JOB, LaunchRequest
-from insitu.backends.docker_backend import GATEWAY_CREDENTIALS, PLACEHOLDER_KEY, job_request
+from insitu.backends.docker_backend import job_request
 from insitu.backends.docker_pool import SandboxPool, is_sandbox
 from insitu.backends.docker_specs import (
     ASSIGNMENT_FILE,
@@ -38,6 +38,7 @@ from insitu.backends.docker_specs import (
     StoreRoute,
     plan,
 )
+from insitu.backends.store_gateway import GATEWAY_CREDENTIALS, PLACEHOLDER_KEY
 from insitu.client import Client
 from insitu.config import DockerBackendSettings, Settings
 from insitu.runtime.sandbox import await_assignment
@@ -142,6 +143,7 @@ def test_the_pool_hands_a_sandbox_only_to_a_job_of_its_shape() -> None:
     from insitu.backends.docker_pool import Sandbox
 
     pool._ready.append(Sandbox("pool-1", "sha256:a", 1, 0.0, ()))
+    pool.image_id = "sha256:a"  # as once its first sandbox started
     fits = LaunchRequest(
         job_id="j",
         workspace_url="s3://results/jobs/j",
@@ -163,6 +165,10 @@ def test_the_pool_hands_a_sandbox_only_to_a_job_of_its_shape() -> None:
         other = LaunchRequest(**{**fits.__dict__, "resources": resources})
         assert not pool.fits(other, "sha256:a", ROUTE), resources
     assert is_sandbox("pool-1") and not is_sandbox("j-1")
+    # A fitting job waits for the next sandbox, unless the pool cannot start them.
+    assert pool.should_wait("j") and pool.should_wait("j")
+    pool._healthy = False
+    assert not pool.should_wait("j")
 
 
 # -- on Docker and SeaweedFS ---------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import numpy as np
 import pytest
 import zarr
@@ -28,7 +29,7 @@ from zarr.storage import FsspecStore
 from insitu import objectstore
 from insitu.config import Settings
 from insitu.gateway.policy import Policy, Prefix
-from insitu.gateway.server import Gateway, Upstream, decode_aws_chunked, serve
+from insitu.gateway.server import ADMIN_HEADER, Gateway, Upstream, decode_aws_chunked, serve
 from insitu.relay import Address
 from insitu.runtime.reader import open_selection
 from insitu.seaweedfs import DATA_BUCKET, RESULTS_BUCKET
@@ -323,3 +324,105 @@ def test_the_runtime_reads_a_selection_through_the_gateway_and_it_counts_the_sca
     counts = _counts(counts_path)
     chunks = sum(size for key, size in store["sizes"].items() if "/c/" in key)
     assert chunks <= counts["scanned"] <= sum(store["sizes"].values()) * 2
+
+
+def test_only_the_server_reads_the_counts_and_a_seal_ends_the_job_s_access(
+    s3_settings: Settings, store: dict[str, Any]
+) -> None:
+    """Where the server cannot read the counts file (Kubernetes), it asks with its token."""
+    storage = s3_settings.storage
+    assert storage.access_key_id and storage.secret_access_key and storage.endpoint_url
+    credentials = Credentials(
+        storage.access_key_id.get_secret_value(), storage.secret_access_key.get_secret_value()
+    )
+    policy = Policy(Prefix.of(store["url"]), Prefix.of(store["workspace"]))
+    upstream = Upstream(storage.endpoint_url, storage.region)
+    token = uuid.uuid4().hex
+    running = Running(Gateway(policy, upstream, lambda: credentials, admin_token=token))
+    try:
+        s3 = _job_client(running.endpoint)
+        key = f"{store['prefix']}/movie.zarr/zarr.json"
+        meta = s3.get_object(Bucket=DATA_BUCKET, Key=key)["Body"].read()
+        with httpx.Client(base_url=running.endpoint) as http:
+            # A job reaches the same endpoints: without the token, or with a guess, refused.
+            for headers in ({}, {ADMIN_HEADER: "guess"}):
+                assert http.get("/_insitu/counts", headers=headers).status_code == 403
+                assert http.post("/_insitu/seal", headers=headers).status_code == 403
+            counts = http.get("/_insitu/counts", headers={ADMIN_HEADER: token}).json()
+            assert counts["scanned"] == len(meta)
+            sealed = http.post("/_insitu/seal", headers={ADMIN_HEADER: token}).json()
+            assert sealed["sealed"] and sealed["scanned"] == len(meta)
+        with pytest.raises(ClientError) as refused:
+            s3.get_object(Bucket=DATA_BUCKET, Key=key)
+        assert refused.value.response["Error"]["Code"] == "AccessDenied"
+        assert "the job is over" in refused.value.response["Error"]["Message"]
+    finally:
+        running.stop()
+    # Without a token the endpoints do not exist for anyone.
+    bare = Running(Gateway(policy, upstream, lambda: credentials))
+    try:
+        with httpx.Client(base_url=bare.endpoint) as http:
+            assert http.get("/_insitu/counts", headers={ADMIN_HEADER: ""}).status_code == 403
+    finally:
+        bare.stop()
+
+
+def test_without_keys_the_gateway_signs_with_credentials_botocore_refreshes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A role's credentials (here from a container-credentials endpoint on loopback, as a
+    pod identity agent serves them) are fetched again before they expire: a long job is
+    not cut at the end of one session."""
+    import http.server
+    from datetime import datetime, timedelta, timezone
+
+    from insitu.gateway.__main__ import GatewayConfigError, signer
+
+    served: list[str] = []
+
+    class Credentials(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            served.append(f"ASIA{len(served) + 1:04d}")
+            soon = datetime.now(timezone.utc) + timedelta(minutes=5)  # inside the refresh window
+            body = json.dumps(
+                {
+                    "AccessKeyId": served[-1],
+                    "SecretAccessKey": "secret",
+                    "Token": "session",
+                    "Expiration": soon.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Credentials)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                     "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):  # fmt: skip
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        monkeypatch.setenv(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI", f"http://127.0.0.1:{server.server_port}/creds"
+        )
+        credentials = signer({})
+        first, second = credentials(), credentials()
+        assert first.access_key in served and first.token == "session"
+        assert second.access_key != first.access_key  # fetched again, before expiry
+        assert second.access_key == served[-1]
+        # Given keys are used as they are.
+        fixed = signer({"AWS_ACCESS_KEY_ID": "AKIA1", "AWS_SECRET_ACCESS_KEY": "s"})
+        assert fixed().access_key == "AKIA1"
+        monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        with pytest.raises(GatewayConfigError, match="no store credentials"):
+            signer({})
+    finally:
+        server.shutdown()

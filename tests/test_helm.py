@@ -83,6 +83,15 @@ class Rendered:
         return self.one("Deployment", "-dispatcher")
 
     @property
+    def account(self) -> dict[str, Any]:
+        """The ServiceAccount of the API and dispatcher (not the store gateways')."""
+        return self.one("ServiceAccount", RELEASE)
+
+    @property
+    def gateway_account(self) -> dict[str, Any]:
+        return self.one("ServiceAccount", "-gateway")
+
+    @property
     def config(self) -> dict[str, str]:
         return self.one("ConfigMap")["data"]  # type: ignore[no-any-return]
 
@@ -258,7 +267,7 @@ def test_production_is_sized_above_the_defaults(default: Rendered, production: R
 
 
 def test_pods_use_the_service_account_and_restart_on_config_change(rendered: Rendered) -> None:
-    account = rendered.one("ServiceAccount")["metadata"]["name"]
+    account = rendered.account["metadata"]["name"]
     for deployment in rendered.of_kind("Deployment"):
         template = deployment["spec"]["template"]
         assert template["spec"]["serviceAccountName"] == account
@@ -391,12 +400,12 @@ def test_data_zone_reaches_the_jobs(production: Rendered) -> None:
 
 
 def test_irsa_annotation(default: Rendered, production: Rendered, chart: helm.Chart) -> None:
-    assert "annotations" not in default.one("ServiceAccount")["metadata"]
-    annotations = production.one("ServiceAccount")["metadata"]["annotations"]
+    assert "annotations" not in default.account["metadata"]
+    annotations = production.account["metadata"]["annotations"]
     assert annotations["eks.amazonaws.com/role-arn"] == PRODUCTION["serviceAccount"]["roleArn"]
     role = "arn:aws:iam::111122223333:role/insitu-test"
     rendered = render(chart, {"serviceAccount": {"roleArn": role, "annotations": {"a": "b"}}})
-    assert rendered.one("ServiceAccount")["metadata"]["annotations"] == {
+    assert rendered.account["metadata"]["annotations"] == {
         "a": "b",
         "eks.amazonaws.com/role-arn": role,
     }
@@ -411,7 +420,39 @@ def test_cluster_role_has_exactly_the_backends_rules(rendered: Rendered) -> None
         assert set(rule) == {"apiGroups", "resources", "verbs"}
         assert "*" not in json.dumps(rule)
         assert "secrets" not in rule["resources"]
-    assert rendered.of_kind("Role") == [] and rendered.of_kind("RoleBinding") == []
+    # In its own namespace, a Role for the store gateways' objects, and nothing more.
+    (role,) = rendered.of_kind("Role")
+    assert [(r["apiGroups"], r["resources"], r["verbs"]) for r in role["rules"]] == [
+        ([""], ["pods", "services", "secrets"], ["get", "list", "create", "delete"]),
+        ([""], ["services/proxy"], ["get", "create"]),
+    ]
+    (binding,) = rendered.of_kind("RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": rendered.account["metadata"]["name"],
+         "namespace": NAMESPACE}
+    ]  # fmt: skip
+
+
+def test_store_gateways_get_the_data_role_and_jobs_none(
+    default: Rendered, production: Rendered
+) -> None:
+    """Job pods reach the store only through their gateway, which alone holds the role."""
+    gateway = production.gateway_account
+    assert gateway["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": PRODUCTION["gateway"]["roleArn"]
+    }
+    assert gateway["automountServiceAccountToken"] is False
+    assert "annotations" not in default.gateway_account["metadata"]
+    config = production.config
+    assert config["INSITU_KUBERNETES__GATEWAY_SERVICE_ACCOUNT"] == "insitu-gateway"
+    assert config["INSITU_KUBERNETES__PLATFORM_NAMESPACE"] == NAMESPACE
+    image = production.api["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert config["INSITU_KUBERNETES__GATEWAY_IMAGE"] == image
+    labels = json.loads(config["INSITU_KUBERNETES__SERVER_POD_LABELS"])
+    selector = production.api["spec"]["selector"]["matchLabels"]
+    assert labels.items() <= selector.items() and labels  # the gateways let these pods in
+    assert not any("JOB_ROLE" in key and "KUBERNETES" in key for key in config)
 
 
 def test_cluster_role_is_bound_to_the_pods_service_account(rendered: Rendered) -> None:
@@ -421,7 +462,7 @@ def test_cluster_role_is_bound_to_the_pods_service_account(rendered: Rendered) -
         "kind": "ClusterRole",
         "name": rendered.one("ClusterRole")["metadata"]["name"],
     }
-    account = rendered.one("ServiceAccount")["metadata"]["name"]
+    account = rendered.account["metadata"]["name"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
     ]
@@ -430,13 +471,14 @@ def test_cluster_role_is_bound_to_the_pods_service_account(rendered: Rendered) -
 def test_admission_policy_confines_every_write_to_tenant_namespaces(rendered: Rendered) -> None:
     policy = rendered.one("ValidatingAdmissionPolicy")
     spec = policy["spec"]
-    account = rendered.one("ServiceAccount")["metadata"]["name"]
+    account = rendered.account["metadata"]["name"]
     assert [c["expression"] for c in spec["matchConditions"]] == [
         f"request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:{account}'"
     ]
     prefix = rendered.config["INSITU_KUBERNETES__NAMESPACE_PREFIX"]
     assert [v["expression"] for v in spec["validations"]] == [
-        f"variables.target.startsWith('{prefix}')"
+        f"variables.target.startsWith('{prefix}') || (variables.target == '{NAMESPACE}' "
+        "&& request.resource.resource == 'networkpolicies')"
     ]
     covered = {
         (group, resource)

@@ -8,17 +8,23 @@ runs the same backend against a real one (marker ``k8s``).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
+from botocore.credentials import Credentials
 
 from insitu.backends.base import BackendPhase, JobHandle, LaunchRequest
 from insitu.backends.kubernetes_backend import KubernetesBackend
 from insitu.config import KubernetesBackendSettings, Settings
 from insitu.errors import BackendError
+from insitu.gateway.policy import Policy, Prefix
+from insitu.gateway.server import Gateway, Upstream
 from insitu.spec import Resources
 from k8s_fake_api import DATA, FakeCluster, api_client, daskjob_status, fake_cluster, pods
+from test_gateway import Running
 from test_k8s_manifests import operator_crd
 
 pytestmark = pytest.mark.anyio
@@ -45,7 +51,7 @@ def k8s_settings(settings: Settings) -> Settings:
             "kubernetes": KubernetesBackendSettings(
                 data_zone="eu-central-1a",
                 pending_timeout=300.0,
-                job_role_arn="arn:aws:iam::1:role/r",
+                gateway_image="registry.example.org/insitu:0.1",
             ),
         }
     )
@@ -76,16 +82,22 @@ async def test_start_provisions_the_tenant_then_the_job(
 ) -> None:
     handle = await backend.start(_request())
     assert handle.data["namespace"] == NAMESPACE and handle.data["name"] == JOB
-    kinds = [path.split("/")[-1] for method, path in cluster.requests if method == "POST"]
-    assert kinds == [
+    posted = [path for method, path in cluster.requests if method == "POST"]
+    assert [path.split("/")[-1] for path in posted] == [
         "namespaces",
         "resourcequotas",
         "limitranges",
         "networkpolicies",
         "serviceaccounts",
+        "secrets",  # the job's store gateway, in the server's namespace
+        "pods",
+        "services",
         "networkpolicies",
+        "networkpolicies",  # the job's own policy and DaskJob
         "daskjobs",
     ]
+    assert all("/namespaces/insitu/" in path for path in posted[5:9])
+    assert handle.data["gateway"] == f"{JOB}-gateway" and handle.data["gateway_token"]
     (job,) = cluster.created("daskjobs")
     assert job["spec"]["cluster"]["spec"]["worker"]["replicas"] == 2
     # A second job of the same tenant reuses its namespace; a restarted server that starts
@@ -93,6 +105,43 @@ async def test_start_provisions_the_tenant_then_the_job(
     again = KubernetesBackend(backend.settings, api_client=api_client(cluster.url))
     assert (await again.start(_request())).data == handle.data
     assert len(cluster.created("daskjobs")) == 1
+
+
+async def test_the_server_alone_seals_the_gateway_and_reads_its_counts(
+    backend: KubernetesBackend, cluster: FakeCluster
+) -> None:
+    """Through the API server's service proxy, with the token of the gateway's Secret."""
+    handle = await backend.start(_request())
+    (secret,) = cluster.created("secrets")
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    assert token == handle.data["gateway_token"]
+    policy = Policy(Prefix.of(_request().dataset_url or ""), Prefix.of(_request().workspace_url))
+    gateway = Gateway(
+        policy,
+        Upstream("http://127.0.0.1:9", "us-east-1"),
+        lambda: Credentials("k", "s"),
+        admin_token=token,
+    )
+    running = Running(gateway)
+    try:
+        cluster.services[("insitu", f"{JOB}-gateway")] = running.endpoint
+        gateway.counts.scanned = 123_456  # as if the job had read that much of its dataset
+        await backend.seal(handle)
+        assert gateway.sealed
+        scanned = await backend.bytes_scanned(handle)
+        assert scanned is not None and scanned.value == 123_456
+        assert scanned.source == "counted by insitu's store gateway"
+        # From now on the job's own requests are refused; a wrong token reads nothing.
+        job_read = httpx.get(f"{running.endpoint}/insitu-data/datasets/m1.zarr/zarr.json")
+        assert job_read.status_code == 403 and "the job is over" in job_read.text
+        forged = dict(handle.data, gateway_token="guess")
+        with pytest.raises(BackendError, match="store gateway"):
+            await backend.seal(JobHandle("kubernetes", JOB, forged))
+    finally:
+        running.stop()
+    await backend.cleanup(handle)
+    assert not cluster.created("secrets") and not cluster.created("pods")
+    assert not cluster.created("services")
 
 
 async def test_a_daskjob_the_api_server_refuses_is_a_clear_error(
@@ -197,6 +246,13 @@ async def test_a_restarted_server_reads_its_jobs_and_removes_ended_ones(
     removed = await restarted.cleanup_orphans({JOB})
     assert removed == [ended.job_id]
     assert [j["metadata"]["name"] for j in cluster.created("daskjobs")] == [JOB]
+    # The ended job's gateway went too; the live job's stays.
+    assert [p["metadata"]["name"] for p in cluster.created("pods")] == [f"{JOB}-gateway"]
+    # A gateway left without its DaskJob is found by its Secret's labels and removed.
+    await restarted.start(_request(job_id="j-strayed00000"))
+    cluster.objects.pop(("daskjobs", NAMESPACE, "j-strayed00000"))
+    assert await restarted.cleanup_orphans({JOB}) == ["j-strayed00000"]
+    assert [s["metadata"]["name"] for s in cluster.created("secrets")] == [f"{JOB}-gateway"]
 
 
 async def test_an_unreachable_cluster_is_a_clear_error(k8s_settings: Settings) -> None:

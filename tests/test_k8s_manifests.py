@@ -21,13 +21,16 @@ from insitu.backends.base import LABEL_JOB, LaunchRequest
 from insitu.backends.k8s_manifests import (
     daskjob,
     dns_label,
+    gateway_name,
+    gateway_selector,
     job_network_policy,
     tenant_manifests,
     tenant_namespace,
 )
 from insitu.backends.kubernetes_backend import KubernetesBackend
+from insitu.backends.store_gateway import PLACEHOLDER_KEY
 from insitu.config import KubernetesBackendSettings, Settings
-from insitu.errors import InvalidInput
+from insitu.errors import BackendError, InvalidInput
 from insitu.spec import Resources
 
 KUBE_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
@@ -81,16 +84,21 @@ def k8s() -> KubernetesBackendSettings:
         bucket_zones={"other-bucket": "eu-central-1b"},
         store_cidrs=["52.219.72.0/22", "3.5.136.0/22"],
         worker_node_selector={"insitu.io/pool": "cpu-spot"},
-        job_role_arn="arn:aws:iam::123456789012:role/insitu-job-reader",
+        gateway_image="registry.example.org/insitu:0.1",
     )
 
 
+def _backend(k8s: KubernetesBackendSettings) -> KubernetesBackend:
+    return KubernetesBackend(Settings(backend="kubernetes", kubernetes=k8s))
+
+
 def _all(k8s: KubernetesBackendSettings) -> list[dict[str, Any]]:
+    """Every object a job's start creates: its tenant's, its gateway's, its own."""
     manifests = []
+    backend = _backend(k8s)
     for request in _requests().values():
         manifests += tenant_manifests(k8s, request.tenant, "srv")
-        manifests.append(job_network_policy(request, settings=k8s, server_id="srv"))
-        manifests.append(daskjob(request, image=request.image or "", settings=k8s, server_id="srv"))
+        manifests += backend.manifests(request, token="t0ken")
     return manifests
 
 
@@ -127,7 +135,8 @@ def test_every_generated_manifest_is_valid(k8s: KubernetesBackendSettings, versi
         else:
             kubernetes_validate.validate(manifest, version, strict=True)
         checked += 1
-    assert checked == 14  # 5 tenant objects + policy + DaskJob, for two jobs
+    # 5 tenant objects + the gateway's Secret, Pod, Service, policy + policy + DaskJob, twice
+    assert checked == 22
 
 
 def test_the_validators_catch_mistakes(k8s: KubernetesBackendSettings) -> None:
@@ -188,17 +197,27 @@ def test_pods_are_placed_by_the_data_and_locked_down(k8s: KubernetesBackendSetti
     assert zone["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["eu-central-1b"]
 
 
-def test_a_job_reaches_only_its_cluster_dns_and_the_store(k8s: KubernetesBackendSettings) -> None:
+def test_a_job_reaches_only_its_cluster_dns_and_its_gateway(
+    k8s: KubernetesBackendSettings,
+) -> None:
     request = _requests()["s3"]
     policy = job_network_policy(request, settings=k8s, server_id="srv")
     own = {"podSelector": {"matchLabels": {LABEL_JOB: request.job_id}}}
     assert policy["spec"]["podSelector"] == own["podSelector"]
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    to_cluster, to_dns, to_store = policy["spec"]["egress"]
+    to_cluster, to_dns, to_gateway = policy["spec"]["egress"]
     assert to_cluster == {"to": [own]}
     assert to_dns["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
-    assert to_store["to"] == [{"ipBlock": {"cidr": c}} for c in k8s.store_cidrs]
-    assert to_store["ports"] == [{"protocol": "TCP", "port": 443}]
+    assert to_gateway == {
+        "to": [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "insitu"}},
+                "podSelector": {"matchLabels": gateway_selector(request.job_id)},
+            }
+        ],
+        "ports": [{"protocol": "TCP", "port": 8080}],
+    }
+    assert "ipBlock" not in str(policy)  # no address outside the cluster, the store included
     assert policy["spec"]["ingress"][0]["from"][0] == own
 
     tenant = {m["kind"]: m for m in tenant_manifests(k8s, "Ada Lovelace", "srv")}
@@ -208,10 +227,51 @@ def test_a_job_reaches_only_its_cluster_dns_and_the_store(k8s: KubernetesBackend
     }
     assert tenant["ResourceQuota"]["spec"]["hard"]["count/daskjobs.kubernetes.dask.org"] == "8"
     account = tenant["ServiceAccount"]
-    assert account["metadata"]["annotations"] == {
-        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/insitu-job-reader"
-    }
+    assert "annotations" not in account["metadata"]  # no cloud role: nothing to assume
     assert account["automountServiceAccountToken"] is False
+
+
+def test_a_job_holds_no_credential_and_its_gateway_alone_reaches_the_store(
+    k8s: KubernetesBackendSettings,
+) -> None:
+    request = _requests()["s3"]
+    secret, pod, service, gateway_policy, _, job = _backend(k8s).manifests(request, "t0ken")
+    endpoint = f"http://{gateway_name(request.job_id)}.insitu.svc:8080"
+    for role, spec in _pod_specs(job).items():
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        if role == "scheduler":
+            continue
+        assert env["INSITU_STORE_ENDPOINT"] == endpoint, role
+        assert env["AWS_ACCESS_KEY_ID"] == env["AWS_SECRET_ACCESS_KEY"] == PLACEHOLDER_KEY
+        assert "AWS_SESSION_TOKEN" not in env and "ASIA-session" not in str(spec)
+    # The gateway: the server's image, the gateway account (its role), next to the data; its
+    # token only in a Secret, never on its command line; only the job and the server reach it.
+    assert secret["stringData"] == {"token": "t0ken"}
+    assert pod["metadata"]["namespace"] == service["metadata"]["namespace"] == "insitu"
+    spec = pod["spec"]
+    assert spec["serviceAccountName"] == "insitu-gateway"
+    assert spec["nodeSelector"] == {"topology.kubernetes.io/zone": "eu-central-1a"}
+    (container,) = spec["containers"]
+    assert container["image"] == "registry.example.org/insitu:0.1"
+    assert "t0ken" not in str(container)
+    command = container["command"]
+    assert command[:3] == ["python", "-m", "insitu.gateway"]
+    assert command[command.index("--dataset") + 1] == request.dataset_url
+    assert command[command.index("--workspace") + 1] == request.workspace_url
+    assert service["spec"]["selector"] == gateway_selector(request.job_id)
+    (ingress,) = gateway_policy["spec"]["ingress"]
+    job_pods, server_pods = ingress["from"]
+    assert job_pods["podSelector"] == {"matchLabels": {LABEL_JOB: request.job_id}}
+    assert job_pods["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "insitu-tenant-ada-lovelace"
+    }
+    assert server_pods == {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "insitu"}}}
+    store = gateway_policy["spec"]["egress"][1]
+    assert store["to"] == [{"ipBlock": {"cidr": c}} for c in k8s.store_cidrs]
+    # Without a gateway image there is no way to the store: the start says what to set.
+    unset = k8s.model_copy(update={"gateway_image": None})
+    with pytest.raises(BackendError, match="gateway_image"):
+        _backend(unset).manifests(request)
 
 
 def test_names_are_valid_kubernetes_names(k8s: KubernetesBackendSettings) -> None:

@@ -399,19 +399,22 @@ def test_api_role_reads_the_catalog_writes_results_and_issues_job_sessions(tf: C
     assert tf.resource("aws_iam_role_policy", "api")["role"] == "${aws_iam_role.api.id}"
 
 
-def test_job_role_is_trusted_by_the_api_role_and_tenant_job_service_accounts(tf: Config) -> None:
+def test_job_role_is_trusted_by_the_api_role_and_the_store_gateways_only(tf: Config) -> None:
+    """No job pod may assume it: job service accounts have no trust statement at all."""
     statements = {s["sid"]: s for s in tf.policy("job_assume")}
+    assert set(statements) == {"ApiIssuesScopedSessions", "StoreGatewayServiceAccount"}
     api = statements["ApiIssuesScopedSessions"]
     assert one(api["principals"]) == {"type": "AWS", "identifiers": ["${aws_iam_role.api.arn}"]}
     assert set(api["actions"]) == {"sts:AssumeRole", "sts:TagSession"}
-    irsa = statements["TenantJobServiceAccounts"]
+    irsa = statements["StoreGatewayServiceAccount"]
     assert irsa["actions"] == ["sts:AssumeRoleWithWebIdentity"]
     sub = condition(irsa, ":sub")
-    assert sub["test"] == "StringLike" and sub["values"] == ["${local.job_subject}"]
-    subject = tf.locals["job_subject"]
-    for variable in ("tenant_namespace_prefix", "job_service_account"):
+    assert sub["test"] == "StringEquals" and sub["values"] == ["${local.gateway_subject}"]
+    subject = tf.locals["gateway_subject"]
+    for variable in ("api_namespace", "gateway_service_account"):
         subject = subject.replace(f"${{var.{variable}}}", default(tf, variable))
-    assert subject == "system:serviceaccount:insitu-tenant-*:insitu-job"
+    assert subject == "system:serviceaccount:insitu:insitu-gateway"
+    assert "job_subject" not in tf.locals
     assert condition(irsa, ":aud")["values"] == ["sts.amazonaws.com"]
     assert tf.resource("aws_iam_role", "job")["assume_role_policy"] == (
         "${data.aws_iam_policy_document.job_assume.json}"
@@ -548,6 +551,11 @@ def test_outputs_give_the_helm_chart_what_it_needs(tf: Config) -> None:
         "s3://${aws_s3_bucket.results.bucket}/${local.results_prefix}"
     )
     assert values["kubernetes"]["dataZone"] == "${var.data_availability_zone}"
+    assert values["gateway"] == {
+        "serviceAccount": "${var.gateway_service_account}",
+        "roleArn": "${aws_iam_role.job.arn}",
+        "port": 8080,
+    }
 
 
 def test_helm_values_are_keys_the_chart_declares(tf: Config) -> None:

@@ -26,7 +26,7 @@ from zarr.storage import FsspecStore
 import dockerlab
 import trust_checks as checks
 from insitu import images, objectstore
-from insitu.backends.docker_backend import PLACEHOLDER_KEY
+from insitu.backends.store_gateway import PLACEHOLDER_KEY
 from insitu.client import Client
 from insitu.config import Settings
 from insitu.seaweedfs import DATA_BUCKET, SeaweedFS

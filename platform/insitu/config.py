@@ -206,9 +206,25 @@ class KubernetesBackendSettings(BaseModel):
     job_service_account: str = Field(
         "insitu-job", description="Service account of job pods in each tenant namespace."
     )
-    job_role_arn: str | None = Field(
+    platform_namespace: str = Field(
+        "insitu",
+        description="Namespace of the insitu server, where each job's store gateway runs.",
+    )
+    gateway_image: str | None = Field(
         None,
-        description="IAM role (IRSA) of the job service account: it reads only what jobs may.",
+        description="Image of the jobs' store gateway pods: the server's own image (the chart "
+        "sets it). Needed for jobs whose data is in object storage.",
+    )
+    gateway_service_account: str = Field(
+        "insitu-gateway",
+        description="Service account of the store gateway pods; its cloud role (IRSA) reads "
+        "datasets and writes workspaces. Job pods get no role at all.",
+    )
+    gateway_port: int = Field(8080, ge=1024, le=65535, description="Port of the store gateways.")
+    server_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "insitu"},
+        description="Labels of the server's pods, which alone may ask a gateway for its "
+        "counts or seal it (the chart sets them).",
     )
     default_image: str | None = Field(None, description="Image for specs that name none.")
     data_zone: str | None = Field(
@@ -228,8 +244,9 @@ class KubernetesBackendSettings(BaseModel):
     )
     store_cidrs: list[str] = Field(
         default_factory=list,
-        description="Address ranges of the object store that job pods may reach (e.g. the "
-        "region's S3 prefix list); empty: any address on the store port.",
+        description="Address ranges of the object store that the store gateways may reach "
+        "(e.g. the region's S3 prefix list); empty: any address on the store port. Job pods "
+        "reach only their gateway.",
     )
     store_port: int = Field(443, ge=1, le=65535, description="Port of the object store.")
     operator_namespace: str = Field(

@@ -33,6 +33,7 @@ from insitu.credentials import make_issuer
 from insitu.db import queries
 from insitu.db.engine import Database
 from insitu.db.models import Course, Job, User, utcnow
+from insitu.errors import BackendBusy
 from insitu.runtime.workspace import Progress
 from insitu.services import fairshare, quotas
 from insitu.spec import Resources
@@ -78,6 +79,8 @@ class Dispatcher:
         self.issuer = make_issuer(settings)
         self._wake = asyncio.Event()
         self._stopping = False
+        # Launch requests of admitted jobs the backend will start shortly (no new credentials).
+        self._waiting: dict[str, LaunchRequest] = {}
 
     def wake(self) -> None:
         """Run the next pass now (a job was submitted or cancelled)."""
@@ -207,9 +210,15 @@ class Dispatcher:
         )
 
     async def _start(self, job: Job) -> None:
+        request = self._waiting.pop(job.id, None)
         try:
-            request = await asyncio.to_thread(self._launch_request, job)
+            if request is None:
+                request = await asyncio.to_thread(self._launch_request, job)
             handle = await self.backend.start(request)
+        except BackendBusy:  # stays admitted; the next pass asks again with the same request
+            assert request is not None
+            self._waiting[job.id] = request
+            return
         except Exception as exc:
             log.exception("could not start job %s", job.id)
             await asyncio.to_thread(
@@ -269,6 +278,7 @@ class Dispatcher:
             if job.handle or job.state != JobState.ADMITTED.value:
                 continue
             if job.target == JobState.CANCELLED.value:
+                self._waiting.pop(job.id, None)
                 await asyncio.to_thread(
                     self._apply, job.id, JobState.CANCELLED, job.reason or "cancelled"
                 )

@@ -82,3 +82,9 @@ class BackendError(InsituError, RuntimeError):
 
     status_code = 503
     code = "backend_error"
+
+
+class BackendBusy(BackendError):
+    """The backend will start the job shortly, not now (a warm sandbox is on its way)."""
+
+    code = "backend_busy"

@@ -236,8 +236,11 @@ def job_spec(image: str | None) -> dict[str, Any]:
     return {"dataset": "course/movie", "analysis": analysis, "resources": resources}
 
 
-def warm_starts(api: Client, repeats: int, image: str | None, home: Path) -> list[float]:
-    """Submit to running of single jobs on an idle server with a warm pool, one at a time."""
+def warm_starts(
+    api: Client, repeats: int, image: str | None, home: Path, assigned: list[float] | None = None
+) -> list[float]:
+    """Submit to running of single jobs on an idle server with a warm pool, one at a time
+    (and, into ``assigned``, submit to the backend having started them)."""
     seconds = []
     spec = job_spec(image)
     for _ in range(repeats):
@@ -248,6 +251,9 @@ def warm_starts(api: Client, repeats: int, image: str | None, home: Path) -> lis
         start = datetime.fromisoformat(at["queued"].replace("Z", "+00:00"))
         end = datetime.fromisoformat(ran.replace("Z", "+00:00"))
         seconds.append((end - start).total_seconds())
+        if assigned is not None and "provisioning" in at:
+            given = datetime.fromisoformat(at["provisioning"].replace("Z", "+00:00"))
+            assigned.append((given - start).total_seconds())
     return seconds
 
 
@@ -274,7 +280,8 @@ def run_one(kind: str, home: Path, participants: int, jobs: int, slots: int) -> 
         course = admin.create_course(
             "load-test", roster, datasets=["course/movie"], quota="jobs=2,workers=2"
         )
-        idle = warm_starts(admin, 5, image, home)
+        assigned: list[float] = []
+        idle = warm_starts(admin, 5, image, home, assigned)
         wait_until_warm(admin, home)
         go = threading.Event()
         spec = job_spec(image)
@@ -327,6 +334,7 @@ def run_one(kind: str, home: Path, participants: int, jobs: int, slots: int) -> 
         "idle_warm_submit_to_running_s": {
             "median": round(statistics.median(idle), 2) if idle else None,
             "runs": [round(x, 2) for x in idle],
+            "assigned_median": round(statistics.median(assigned), 2) if assigned else None,
         },
         "submitted": len(submitted),
         "distinct_ids": len(set(submitted)),
@@ -459,7 +467,9 @@ def report(result: dict[str, Any]) -> str:
         ("fairness_slowest_over_fastest", "fairness: slowest / fastest participant done"),
     ):
         rows.append(
-            f"| {label} | " + " | ".join(str(result["figures"][k][key]) for k in kinds) + " |"
+            f"| {label} | "
+            + " | ".join(str(result["figures"][k].get(key, "-")) for k in kinds)
+            + " |"
         )
     rows.append(
         "| completions (succeeded / submitted, ran twice) | "

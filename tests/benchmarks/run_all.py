@@ -145,7 +145,29 @@ def causes(document: dict[str, Any]) -> str:
         if goal["met"]:
             continue
         figures = course["figures"]
-        if "submit-to-running" in goal["goal"]:
+        if "submit-to-running" in goal["goal"] and "docker" in goal["goal"]:
+            idle = figures["docker"]["idle_warm_submit_to_running_s"]
+            assigned = idle.get("assigned_median")
+            lines += [
+                f"**Warm start on isolated sandboxes (docker: {goal['measured']} s).** "
+                + (
+                    f"The server gives the job a sandbox {assigned} s after the submit (the "
+                    "dispatcher's pass, two small files, the gateway listening); the rest is "
+                    "the job's own runner in its sandbox: reading its input through the store "
+                    "gateway, connecting a Dask client to its scheduler, opening the selection "
+                    "(the array's metadata, through the gateway), and the dispatcher's next "
+                    "pass seeing it run. "
+                    if assigned is not None
+                    else ""
+                )
+                + "The local warm pool starts faster because its runner is forked from a "
+                "process already connected to shared workers; a sandbox cannot share them "
+                "without giving up the isolation. Keeping a connected Dask client in the "
+                "waiting runner, and reading the job's input from the assignment instead of "
+                "the store, are the next steps.",
+                "",
+            ]
+        elif "submit-to-running" in goal["goal"]:
             lines += [
                 f"**Warm start ({goal['goal'].split('(')[1].rstrip(')')}: {goal['measured']} s).** "
                 "A warm job's start is the dispatcher noticing it (its poll interval and pass), "

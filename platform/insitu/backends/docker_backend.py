@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
@@ -54,8 +54,13 @@ from insitu.backends.docker_specs import (
     plan,
     store_route,
 )
+from insitu.backends.store_gateway import (
+    GATEWAY_CREDENTIALS,
+    STORE_ACCESS,
+    behind_gateway,
+)
 from insitu.config import Settings
-from insitu.errors import BackendError, InsituError, InvalidInput
+from insitu.errors import BackendBusy, BackendError, InsituError, InvalidInput
 from insitu.images import ImageInfo, docker_client, inspect_image
 from insitu.runtime.sandbox import READY_LINE
 from insitu.spec import Resources
@@ -64,9 +69,6 @@ from insitu.units import format_size
 log = logging.getLogger(__name__)
 
 RELAY_START_TIMEOUT = 10.0
-# What the gateway signs with; the job's containers get placeholders instead.
-GATEWAY_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-PLACEHOLDER_KEY = "insitu-job-holds-no-key"
 
 
 def job_request(request: LaunchRequest, route: StoreRoute) -> LaunchRequest:
@@ -75,14 +77,7 @@ def job_request(request: LaunchRequest, route: StoreRoute) -> LaunchRequest:
     The store's name resolves to the job's own loopback, where its gateway container
     relays to the server's gateway, which speaks plain HTTP to the job.
     """
-    env = {k: v for k, v in request.env.items() if k not in GATEWAY_CREDENTIALS}
-    env.update(
-        AWS_ACCESS_KEY_ID=PLACEHOLDER_KEY,
-        AWS_SECRET_ACCESS_KEY=PLACEHOLDER_KEY,
-        INSITU_STORE_ENDPOINT=f"http://{route.host}:{route.port}",
-        INSITU_CREDENTIALS_SCOPED="1",
-    )
-    return replace(request, env=env)
+    return behind_gateway(request, f"http://{route.host}:{route.port}")
 
 
 REAP_GRACE = 10.0  # seconds a finished runner gets to log its last lines and exit
@@ -266,8 +261,7 @@ class DockerBackend(Backend):
             "relay_create_time": created,
             "gateway_counts": str(counts),
             "gateway_scan": bool(request.dataset_url and request.dataset_url.startswith("s3://")),
-            "store_access": "enforced by insitu's store gateway: the job holds no store "
-            "credential and may read only its dataset and workspace, write only its workspace",
+            "store_access": STORE_ACCESS,
         }
 
     def _start_gateway(self, request: LaunchRequest, route: StoreRoute) -> dict[str, Any]:
@@ -315,15 +309,21 @@ class DockerBackend(Backend):
             return self._handle(request, info, {})
         self._remove_all(request.job_id, existing)
         route = self._route([u for u in (request.dataset_url, request.workspace_url) if u])
-        sandbox = self.pool.take(request, info.id, route) if self.pool is not None else None
-        if sandbox is not None:
-            try:
-                return self._assign(sandbox, request, info, route)
-            except Exception as exc:  # the sandbox is sick: start the job cold
-                log.warning(
-                    "warm sandbox %s could not take job %s: %s", sandbox.key, request.job_id, exc
-                )
-                self.remove_sandbox(sandbox.key)
+        if self.pool is not None and self.pool.fits(request, info.id, route):
+            sandbox = self.pool.take(request, info.id, route)
+            if sandbox is None and self.pool.should_wait(request.job_id):
+                raise BackendBusy("waiting for a warm sandbox")
+            if sandbox is not None:
+                try:
+                    return self._assign(sandbox, request, info, route)
+                except Exception as exc:  # the sandbox is sick: start the job cold
+                    log.warning(
+                        "warm sandbox %s could not take job %s: %s",
+                        sandbox.key,
+                        request.job_id,
+                        exc,
+                    )
+                    self.remove_sandbox(sandbox.key)
         relay: dict[str, Any] = {}
         try:
             if route is not None:
@@ -361,7 +361,7 @@ class DockerBackend(Backend):
     def _pool_route(self) -> StoreRoute | None:
         return self._route(["s3://", self.settings.resolved_workspace_url])
 
-    def create_sandbox(self, key: str) -> Sandbox:
+    def create_sandbox(self, key: str, stopping: Callable[[], bool] = lambda: False) -> Sandbox:
         """Start a sandbox for a job not yet known: its gateway waits, its runner waits."""
         config = self.config
         info = self.image_info(config.warm_pool_image or config.default_image)
@@ -398,17 +398,19 @@ class DockerBackend(Backend):
             )
             for spec in containers.specs:
                 started = self.client.containers.run(**spec)
-            self._await_ready(started.id, config.worker_start_timeout + 60)
+            self._await_ready(started.id, config.worker_start_timeout + 60, stopping)
         except Exception as exc:
             self.remove_sandbox(key)
             text = getattr(exc, "explanation", None) or str(exc)
             raise BackendError(f"Docker could not start a warm sandbox: {text}") from None
         return sandbox
 
-    def _await_ready(self, runner_id: str, timeout: float) -> None:
+    def _await_ready(self, runner_id: str, timeout: float, stopping: Callable[[], bool]) -> None:
         """Wait until the sandbox's runner has imported the runtime and seen its workers."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if stopping():
+                raise BackendError("the server is stopping")
             if READY_LINE.encode() in self.client.api.logs(runner_id, stdout=True, tail=20):
                 return
             if self._state(runner_id).get("Status") not in ("created", "running"):

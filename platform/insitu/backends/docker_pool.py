@@ -12,8 +12,11 @@ is never given to a second job: it is removed with its job, and the pool starts 
 
 A job fits the pool when it asks for the pool's image, workers and threads (and at most its
 memory), no GPU, and both its dataset and its workspace are in object storage (local
-folders would have to be mounted when the containers are created). Any other job, and
-every job while the pool is empty, starts cold.
+folders would have to be mounted when the containers are created). A job that fits waits,
+admitted, for the next sandbox (at most ``WAIT_AT_MOST``; the pool starts ``STARTERS`` at
+a time): under a course's load, starting every job cold at once would make each of them,
+and the pool's next sandboxes, wait for the same few cores. Any other job starts cold,
+as does a job that fits while the pool cannot start sandboxes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import contextlib
 import logging
 import secrets
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,6 +40,8 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "pool-"
 RETRY_AFTER = 10.0  # seconds before trying again after a sandbox failed to start
+STARTERS = 2  # sandboxes started side by side (the engine and the imports overlap)
+WAIT_AT_MOST = 600.0  # seconds a fitting job waits for a healthy pool before it starts cold
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,11 @@ class SandboxPool:
         self._creating: set[str] = set()
         self._changed = threading.Condition()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self.image_id: str | None = None  # the sandboxes' image, once one started
+        self.aliases: tuple[str, ...] = ()
+        self._healthy = True  # the last sandbox started
+        self._waits: dict[str, float] = {}  # job id: when it first asked
 
     # -- the pool's own sandboxes -------------------------------------------------------
 
@@ -80,8 +90,12 @@ class SandboxPool:
 
     def start(self) -> None:
         """Start filling the pool in the background."""
-        self._thread = threading.Thread(target=self._fill, name="docker-warm-pool", daemon=True)
-        self._thread.start()
+        for index in range(min(STARTERS, self.size)):
+            thread = threading.Thread(
+                target=self._fill, name=f"docker-warm-pool-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def _wanted(self) -> bool:
         return len(self._ready) + len(self._creating) < self.size
@@ -97,11 +111,15 @@ class SandboxPool:
                 self._creating.add(key)
             sandbox = None
             try:
-                sandbox = self.backend.create_sandbox(key)
+                sandbox = self.backend.create_sandbox(key, lambda: self._stopping)
             except Exception as exc:
-                log.warning("could not start a warm sandbox: %s", exc)
+                if not self._stopping:
+                    log.warning("could not start a warm sandbox: %s", exc)
             with self._changed:
                 self._creating.discard(key)
+                self._healthy = sandbox is not None or self._stopping
+                if sandbox is not None:
+                    self.image_id, self.aliases = sandbox.image_id, sandbox.aliases
                 if sandbox is not None and not self._stopping:
                     self._ready.append(sandbox)
                     self._changed.notify_all()
@@ -128,12 +146,19 @@ class SandboxPool:
             and res.threads_per_worker == self.config.warm_pool_threads
             and res.memory_per_worker <= self.config.warm_pool_memory
             and not res.gpu
-            and any(s.image_id == image_id for s in self._snapshot())
+            and image_id == self.image_id
+            and set(route.aliases) <= set(self.aliases)
         )
 
-    def _snapshot(self) -> list[Sandbox]:
+    def should_wait(self, job_id: str) -> bool:
+        """Whether a fitting job with no sandbox ready now should wait for the next one."""
+        now = time.monotonic()
         with self._changed:
-            return list(self._ready)
+            first = self._waits.setdefault(job_id, now)
+            if self._healthy and not self._stopping and now - first < WAIT_AT_MOST:
+                return True
+            self._waits.pop(job_id, None)
+            return False
 
     def take(
         self, request: LaunchRequest, image_id: str, route: StoreRoute | None
@@ -155,6 +180,7 @@ class SandboxPool:
                 if found is None:
                     return None
                 self._ready.remove(found)
+                self._waits.pop(request.job_id, None)
                 self._changed.notify_all()  # start its replacement
             if self.backend.sandbox_alive(found):
                 return found
@@ -166,8 +192,8 @@ class SandboxPool:
         with self._changed:
             self._stopping = True
             self._changed.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
         with self._changed:
             idle = list(self._ready)
             self._ready.clear()

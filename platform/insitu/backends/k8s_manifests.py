@@ -5,9 +5,9 @@ runner pod runs ``python -m insitu.runtime`` against the job's ``DaskCluster``, 
 scheduler and workers come from the job's image with the spec's resources. Every pod is
 pinned to the data's zone, runs as a non-root user with a read-only root filesystem, has
 no Kubernetes API token, and is limited by a per-job ``NetworkPolicy`` to its own Dask
-cluster, DNS and the object store. Tenants get a namespace each, with a
-``ResourceQuota``, a ``LimitRange``, a default-deny policy and the job service account
-whose cloud role (IRSA) reads only what the tenant may read.
+cluster, DNS and its store gateway (:mod:`insitu.backends.k8s_gateway`). Tenants get a
+namespace each, with a ``ResourceQuota``, a ``LimitRange``, a default-deny policy and the
+job service account, which has no cloud role: jobs hold no credential of any kind.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ SPOT_TAINT = ("insitu.io/spot", "true")
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
+GATEWAY_COMPONENT = "store-gateway"
+
+
 def dns_label(text: str, limit: int = 63) -> str:
     """``text`` as a DNS-1123 label: lower case, digits and '-', at most ``limit`` long."""
     label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
@@ -44,7 +47,23 @@ def job_name(job_id: str) -> str:
     return dns_label(job_id, 40)
 
 
-def _labels(request: LaunchRequest, component: str, server_id: str) -> dict[str, str]:
+def gateway_name(job_id: str) -> str:
+    """Name of the job's store gateway pod, Service, Secret and policy."""
+    return dns_label(f"{job_name(job_id)}-gateway")
+
+
+def gateway_selector(job_id: str) -> dict[str, str]:
+    """Labels of the job's store gateway pod."""
+    return {LABEL_JOB: job_id, LABEL_COMPONENT: GATEWAY_COMPONENT}
+
+
+def gateway_endpoint(settings: KubernetesBackendSettings, job_id: str) -> str:
+    """Where the job's pods find their store: their gateway's Service."""
+    host = f"{gateway_name(job_id)}.{settings.platform_namespace}.svc"
+    return f"http://{host}:{settings.gateway_port}"
+
+
+def labels_of(request: LaunchRequest, component: str, server_id: str) -> dict[str, str]:
     return {
         LABEL_JOB: request.job_id,
         LABEL_COMPONENT: component,
@@ -60,7 +79,7 @@ def data_zone(settings: KubernetesBackendSettings, dataset_url: str | None) -> s
     return settings.bucket_zones.get(bucket) or settings.data_zone
 
 
-def _container_security() -> dict[str, Any]:
+def container_security() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
         "runAsUser": RUN_AS,
@@ -87,7 +106,7 @@ def _pod_spec(
     """A pod spec with insitu's placement and lockdown around one container."""
     container = {
         "imagePullPolicy": "IfNotPresent",
-        "securityContext": _container_security(),
+        "securityContext": container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         **container,
     }
@@ -223,15 +242,18 @@ def daskjob(
         "metadata": {
             "name": name,
             "namespace": tenant_namespace(settings, request.tenant),
-            "labels": _labels(request, "daskjob", server_id),
+            "labels": labels_of(request, "daskjob", server_id),
         },
         "spec": {
-            "job": {"metadata": {"labels": _labels(request, "runner", server_id)}, "spec": runner},
+            "job": {
+                "metadata": {"labels": labels_of(request, "runner", server_id)},
+                "spec": runner,
+            },
             "cluster": {
                 "spec": {
                     "idleTimeout": 0,
                     "scheduler": {
-                        "metadata": {"labels": _labels(request, "scheduler", server_id)},
+                        "metadata": {"labels": labels_of(request, "scheduler", server_id)},
                         "spec": scheduler,
                         "service": {
                             "type": "ClusterIP",
@@ -257,7 +279,7 @@ def daskjob(
                     },
                     "worker": {
                         "replicas": res.workers,
-                        "metadata": {"labels": _labels(request, "worker", server_id)},
+                        "metadata": {"labels": labels_of(request, "worker", server_id)},
                         "spec": worker,
                     },
                 }
@@ -269,11 +291,20 @@ def daskjob(
 def job_network_policy(
     request: LaunchRequest, *, settings: KubernetesBackendSettings, server_id: str
 ) -> dict[str, Any]:
-    """The job's pods reach each other, DNS and the store; only the operator reaches in."""
+    """The job's pods reach each other, DNS and their store gateway; only the operator
+    reaches in. No rule leads to the object store itself, or anywhere else."""
     own = {"podSelector": {"matchLabels": {LABEL_JOB: request.job_id}}}
-    store_peers: list[dict[str, Any]] = [
-        {"ipBlock": {"cidr": cidr}} for cidr in settings.store_cidrs
-    ] or [{"ipBlock": {"cidr": "0.0.0.0/0"}}]
+    gateway = {
+        "to": [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": settings.platform_namespace}
+                },
+                "podSelector": {"matchLabels": gateway_selector(request.job_id)},
+            }
+        ],
+        "ports": [{"protocol": "TCP", "port": settings.gateway_port}],
+    }
     operator = {
         "namespaceSelector": {
             "matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}
@@ -285,7 +316,7 @@ def job_network_policy(
         "metadata": {
             "name": f"{job_name(request.job_id)}-network",
             "namespace": tenant_namespace(settings, request.tenant),
-            "labels": _labels(request, "network-policy", server_id),
+            "labels": labels_of(request, "network-policy", server_id),
         },
         "spec": {
             "podSelector": {"matchLabels": {LABEL_JOB: request.job_id}},
@@ -304,10 +335,7 @@ def job_network_policy(
                     ],
                     "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
                 },
-                {
-                    "to": store_peers,
-                    "ports": [{"protocol": "TCP", "port": settings.store_port}],
-                },
+                gateway,
             ],
         },
     }
@@ -343,8 +371,6 @@ def tenant_manifests(
         },
         "automountServiceAccountToken": False,
     }
-    if settings.job_role_arn:
-        account["metadata"]["annotations"] = {"eks.amazonaws.com/role-arn": settings.job_role_arn}
     return [
         {
             "apiVersion": "v1",

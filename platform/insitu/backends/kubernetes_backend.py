@@ -6,14 +6,19 @@ status, its pods' states) to a job's phase with reasons a person can act on (an 
 that cannot be pulled, pods that cannot be scheduled, a container killed for memory, the
 deadline), reads the runner pod's log, deletes the DaskJob to cancel, and keeps the log
 once the pods are gone. Handles name the namespace and DaskJob, so a restarted API
-server picks its jobs up again.
+server picks its jobs up again. A job whose data is in object storage also gets its store
+gateway (:mod:`insitu.backends.k8s_gateway`) in the server's namespace: the server asks it
+for the bytes it let through and seals it when the job ends, with a token only it holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import re
+import secrets
 import threading
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -21,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from insitu.backends.base import (
+    LABEL_COMPONENT,
     LABEL_JOB,
     LOG_CHUNK,
     Backend,
@@ -28,22 +34,29 @@ from insitu.backends.base import (
     BackendStatus,
     JobHandle,
     LaunchRequest,
+    Metered,
     job_log_path,
     read_log,
     server_id,
 )
+from insitu.backends.k8s_gateway import TOKEN_KEY, gateway_manifests
 from insitu.backends.k8s_manifests import (
     DASK_GROUP,
     DASK_VERSION,
     DASKJOB_PLURAL,
+    GATEWAY_COMPONENT,
     LABEL_SERVER,
     daskjob,
+    gateway_endpoint,
+    gateway_name,
     job_network_policy,
     tenant_manifests,
     tenant_namespace,
 )
+from insitu.backends.store_gateway import STORE_ACCESS, behind_gateway, uses_store
 from insitu.config import Settings
 from insitu.errors import BackendError, InvalidInput
+from insitu.gateway.policy import ADMIN_HEADER, ADMIN_PREFIX
 
 # An image reference: [registry[:port]/]path[:tag][@digest]
 _IMAGE = re.compile(
@@ -124,6 +137,7 @@ class KubernetesBackend(Backend):
         self.log_dir = settings.home / "logs"
         self._api_client = api_client
         self._tenants: set[str] = set()
+        self._sealed: dict[str, dict[str, Any]] = {}  # gateway counts at the seal, by job
         self._lock = threading.Lock()
 
     # -- the cluster ------------------------------------------------------------------------
@@ -201,6 +215,9 @@ class KubernetesBackend(Backend):
             "ResourceQuota": lambda: core.create_namespaced_resource_quota(namespace, manifest),
             "LimitRange": lambda: core.create_namespaced_limit_range(namespace, manifest),
             "ServiceAccount": lambda: core.create_namespaced_service_account(namespace, manifest),
+            "Pod": lambda: core.create_namespaced_pod(namespace, manifest),
+            "Service": lambda: core.create_namespaced_service(namespace, manifest),
+            "Secret": lambda: core.create_namespaced_secret(namespace, manifest),
             "NetworkPolicy": lambda: networking.create_namespaced_network_policy(
                 namespace, manifest
             ),
@@ -226,10 +243,29 @@ class KubernetesBackend(Backend):
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    def manifests(self, request: LaunchRequest) -> list[dict[str, Any]]:
-        """What :meth:`start` creates for a job (its DaskJob and NetworkPolicy)."""
+    def _write_limit(self) -> int:
+        return max(4 * int(self.settings.limits.max_result_bytes), 1 << 30)
+
+    def manifests(self, request: LaunchRequest, token: str | None = None) -> list[dict[str, Any]]:
+        """What :meth:`start` creates for a job, in order: its store gateway (when its data
+        is in object storage), its NetworkPolicy and its DaskJob."""
         image = self._image(request.image)
+        made: list[dict[str, Any]] = []
+        if uses_store(request):
+            try:
+                made += gateway_manifests(
+                    request,
+                    settings=self.config,
+                    storage=self.settings.storage,
+                    server_id=self.server_id,
+                    token=token or secrets.token_urlsafe(32),
+                    max_write_bytes=self._write_limit(),
+                )
+            except ValueError as exc:
+                raise BackendError(str(exc)) from None
+            request = behind_gateway(request, gateway_endpoint(self.config, request.job_id))
         return [
+            *made,
             job_network_policy(request, settings=self.config, server_id=self.server_id),
             daskjob(
                 request,
@@ -240,13 +276,51 @@ class KubernetesBackend(Backend):
             ),
         ]
 
+    def _secret_token(self, name: str) -> str:
+        """The token of a gateway Secret made before (a restarted server adopts it)."""
+        core, _, _ = self._apis()
+        secret = self._call("read the gateway's Secret", core.read_namespaced_secret, name,
+                            self.config.platform_namespace)  # fmt: skip
+        return base64.b64decode(secret.data[TOKEN_KEY]).decode()
+
+    def _create_gateway(self, manifests: list[dict[str, Any]], token: str) -> str:
+        """Create the gateway's objects; return the token its Secret holds."""
+        from kubernetes.client.exceptions import ApiException
+
+        core, _, _ = self._apis()
+        for manifest in manifests:
+            if manifest["kind"] == "Secret":
+                try:
+                    core.create_namespaced_secret(self.config.platform_namespace, manifest)
+                except ApiException as exc:
+                    if exc.status != 409:
+                        raise BackendError(
+                            f"Kubernetes refused the job's gateway Secret: {exc.status} "
+                            f"{exc.reason}"
+                        ) from None
+                    token = self._secret_token(manifest["metadata"]["name"])
+            else:
+                self._create_or_keep(manifest)
+        return token
+
     def _start(self, request: LaunchRequest) -> JobHandle:
         from kubernetes.client.exceptions import ApiException
 
         namespace = self.ensure_tenant(request.tenant)
-        policy, job = self.manifests(request)
+        token = secrets.token_urlsafe(32)
+        *gateway, policy, job = self.manifests(request, token)
         _, custom, networking = self._apis()
         name = job["metadata"]["name"]
+        facts: dict[str, Any] = {}
+        if gateway:
+            facts = {
+                "gateway": gateway_name(request.job_id),
+                "gateway_token": self._create_gateway(gateway, token),
+                "gateway_scan": bool(
+                    request.dataset_url and request.dataset_url.startswith("s3://")
+                ),
+                "store_access": STORE_ACCESS,
+            }
         with contextlib.suppress(ApiException):
             networking.create_namespaced_network_policy(namespace, policy)
         try:
@@ -262,7 +336,7 @@ class KubernetesBackend(Backend):
         return JobHandle(
             "kubernetes",
             request.job_id,
-            {"namespace": namespace, "name": name, "server": self.server_id},
+            {"namespace": namespace, "name": name, "server": self.server_id, **facts},
         )
 
     def _start_or_explain(self, request: LaunchRequest) -> JobHandle:
@@ -389,6 +463,69 @@ class KubernetesBackend(Backend):
     async def logs(self, handle: JobHandle, offset: int = 0) -> tuple[bytes, int]:
         return await asyncio.to_thread(self._read_log, handle, offset)
 
+    # -- the job's store gateway ------------------------------------------------------------
+
+    def _gateway_call(self, handle: JobHandle, method: str, what: str) -> dict[str, Any]:
+        """Ask the job's gateway (``counts`` or ``seal``) with the server's token."""
+        name, port = handle.data["gateway"], self.config.gateway_port
+        namespace, token = self.config.platform_namespace, handle.data["gateway_token"]
+        if self.config.in_cluster:  # straight to its Service, as the policy allows
+            import httpx
+
+            url = f"http://{name}.{namespace}.svc:{port}{ADMIN_PREFIX}{what}"
+            try:
+                response = httpx.request(method, url, headers={ADMIN_HEADER: token}, timeout=30)
+                response.raise_for_status()
+            except httpx.HTTPError as exc:
+                raise BackendError(f"could not reach the job's store gateway: {exc}") from None
+            return dict(response.json())
+        path = f"/api/v1/namespaces/{namespace}/services/{name}:{port}/proxy{ADMIN_PREFIX}{what}"
+        response = self._call(
+            f"reach the job's store gateway ({what})",
+            self.api_client.call_api,
+            path,
+            method,
+            header_params={ADMIN_HEADER: token, "Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _return_http_data_only=True,
+        )
+        return dict(json.loads(response.data))
+
+    async def seal(self, handle: JobHandle) -> None:
+        """End the job's store access; keep the gateway's last counts."""
+        if handle.data.get("gateway"):
+            counts = await asyncio.to_thread(self._gateway_call, handle, "POST", "seal")
+            with self._lock:
+                self._sealed[handle.job_id] = counts
+
+    async def bytes_scanned(self, handle: JobHandle) -> Metered | None:
+        """The dataset bytes the job's store gateway let through."""
+        if not handle.data.get("gateway_scan"):
+            return None
+        with self._lock:
+            counts = self._sealed.pop(handle.job_id, None)
+        if counts is None:
+            try:
+                counts = await asyncio.to_thread(self._gateway_call, handle, "GET", "counts")
+            except BackendError:
+                return None
+        return Metered(float(counts["scanned"]), "counted by insitu's store gateway")
+
+    def _delete_gateway(self, job_id: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        core, _, networking = self._apis()
+        name, namespace = gateway_name(job_id), self.config.platform_namespace
+        for delete in (
+            core.delete_namespaced_pod,
+            core.delete_namespaced_service,
+            core.delete_namespaced_secret,
+            networking.delete_namespaced_network_policy,
+        ):
+            with contextlib.suppress(ApiException):
+                delete(name, namespace)
+
     # -- stopping -----------------------------------------------------------------------------
 
     def _delete(self, handle: JobHandle) -> None:
@@ -412,6 +549,8 @@ class KubernetesBackend(Backend):
                 ) from None
         with contextlib.suppress(ApiException):
             networking.delete_namespaced_network_policy(f"{name}-network", namespace)
+        if handle.data.get("gateway"):
+            self._delete_gateway(handle.job_id)
 
     def _cleanup(self, handle: JobHandle) -> None:
         path = self.log_path(handle.job_id)
@@ -451,6 +590,22 @@ class KubernetesBackend(Backend):
                 )
                 self._cleanup(handle)
                 removed.append(job_id)
+        # Gateways whose job is over (their DaskJob may be gone already).
+        core, _, _ = self._apis()
+        secrets_listed = self._call(
+            "list the store gateways",
+            core.list_namespaced_secret,
+            self.config.platform_namespace,
+            label_selector=f"{LABEL_SERVER}={self.server_id}",
+            _preload_content=False,
+        )
+        for item in json.loads(secrets_listed.data).get("items", []):
+            labels = item["metadata"].get("labels", {})
+            job_id = labels.get(LABEL_JOB)
+            if labels.get(LABEL_COMPONENT) == GATEWAY_COMPONENT and job_id not in live_job_ids:
+                self._delete_gateway(job_id)
+                if job_id not in removed:
+                    removed.append(job_id)
         return removed
 
     async def cleanup_orphans(self, live_job_ids: set[str]) -> list[str]:

@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--await-config", type=Path, help="wait for this JSON file to learn the job (warm pool)"
     )
+    parser.add_argument(
+        "--admin-token-env",
+        help="environment variable holding the token of the server's /_insitu/ endpoints "
+        "(counts and seal), for servers that cannot read --counts",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s gateway: %(message)s")
     values: dict[str, str] = dict(os.environ)
@@ -109,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     limits = WriteLimits(max_keys=args.max_keys, max_bytes=args.max_write_bytes)
     upstream = Upstream(args.endpoint, args.region)
-    gateway = Gateway(policy, upstream, credentials, args.counts, limits)
+    token = os.environ.get(args.admin_token_env) if args.admin_token_env else None
+    if args.admin_token_env and not token:
+        print(f"the gateway's admin token is missing: set {args.admin_token_env}", file=sys.stderr)
+        return 2
+    gateway = Gateway(policy, upstream, credentials, args.counts, limits, admin_token=token)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(gateway, listen))
     return 0

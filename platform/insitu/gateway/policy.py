@@ -23,6 +23,12 @@ READ_QUERIES = {
 }  # fmt: skip
 
 
+# The server's own endpoints on a gateway (no bucket name starts with "_"), and the header
+# that carries the server's token to them.
+ADMIN_PREFIX = "/_insitu/"
+ADMIN_HEADER = "X-Insitu-Token"
+
+
 @dataclass(frozen=True)
 class Prefix:
     """``s3://bucket/prefix/``: a bucket and a key prefix (ends in '/' or is empty)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from yarl import URL
 
-from insitu.gateway.policy import Decision, Policy
+from insitu.gateway.policy import ADMIN_HEADER, ADMIN_PREFIX, Decision, Policy
 
 log = logging.getLogger("insitu.gateway")
 CHUNK = 256 * 1024
@@ -44,6 +45,7 @@ FORWARD_RESPONSE = (
 )  # fmt: skip
 # Writes after which the counts on disk must be exact: the job's progress and outcome.
 FLUSH_BEFORE = ("status.json", "outcome.json")
+SEAL_WAIT = 10.0  # seconds a seal waits for the requests already under way
 
 
 @dataclass
@@ -147,11 +149,15 @@ class Gateway:
         credentials: Callable[[], Credentials],
         counts_path: Path | None = None,
         limits: WriteLimits | None = None,
+        admin_token: str | None = None,
     ) -> None:
         self.policy, self.upstream, self.credentials = policy, upstream, credentials
         self.counts_path = counts_path
         self.limits = limits or WriteLimits()
+        self.admin_token = admin_token
         self.counts = Counts()
+        self.sealed = False
+        self._active = 0
         self._session: ClientSession | None = None
         self._dirty = False
 
@@ -184,7 +190,40 @@ class Gateway:
         bucket, _, key = path.partition("/")
         return bucket, key
 
+    # -- the server's endpoints: counts and seal (where the server cannot read a file) ----
+
+    def _admitted(self, request: web.Request) -> bool:
+        given = request.headers.get(ADMIN_HEADER, "")
+        return bool(self.admin_token) and hmac.compare_digest(given, self.admin_token or "")
+
+    async def counts_view(self, request: web.Request) -> web.Response:
+        """The counts so far, for the server only."""
+        if not self._admitted(request):
+            return s3_error(403, "AccessDenied", "insitu's store gateway: not for jobs")
+        return web.json_response(asdict(self.counts))
+
+    async def seal_view(self, request: web.Request) -> web.Response:
+        """End the job's access: refuse from now on, let what is under way finish, count."""
+        if not self._admitted(request):
+            return s3_error(403, "AccessDenied", "insitu's store gateway: not for jobs")
+        self.sealed = True
+        deadline = time.monotonic() + SEAL_WAIT
+        while self._active and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        self.flush()
+        return web.json_response({**asdict(self.counts), "sealed": True})
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.sealed:
+            self.counts.refused += 1
+            return s3_error(403, "AccessDenied", "insitu's store gateway: the job is over")
+        self._active += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self._active -= 1
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         bucket, key = self._target(request)
         query = {k: v for k, v in request.query.items()}
         self.counts.requests += 1
@@ -262,6 +301,8 @@ class Gateway:
 
     def app(self) -> web.Application:
         application = web.Application(client_max_size=MAX_BODY)
+        application.router.add_get(ADMIN_PREFIX + "counts", self.counts_view)
+        application.router.add_post(ADMIN_PREFIX + "seal", self.seal_view)
         application.router.add_route("*", "/{tail:.*}", self.handle)
         application.on_startup.append(self._start)
         application.on_cleanup.append(self._stop)

@@ -150,6 +150,21 @@ def _wait_for_workers(client: Any, workers: int, timeout: float) -> None:
         ) from None
 
 
+def _warm_client(scheduler: str) -> Any:
+    """The client a warm sandbox's runner connected while it waited, if it still is."""
+    from distributed.client import _get_global_client
+
+    client = _get_global_client()
+    with contextlib.suppress(Exception):
+        if (
+            client is not None
+            and client.status == "running"
+            and getattr(client.scheduler, "address", None) == scheduler
+        ):
+            return client
+    return None
+
+
 def start_cluster(
     job: JobInput,
     stack: ExitStack,
@@ -163,7 +178,7 @@ def start_cluster(
     from distributed import Client, LocalCluster
 
     if scheduler:
-        client = stack.enter_context(
+        client = _warm_client(scheduler) or stack.enter_context(
             Client(scheduler, set_as_default=True, timeout=f"{wait_timeout}s")
         )
         if code is not None:

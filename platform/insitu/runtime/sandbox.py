@@ -38,12 +38,14 @@ def warm_up() -> None:
             importlib.import_module(name)
 
 
-def await_workers(scheduler: str, workers: int, timeout: float) -> None:
-    """Wait until the sandbox's workers have joined its scheduler (then it is idle)."""
+def await_workers(scheduler: str, workers: int, timeout: float) -> Any:
+    """Wait until the sandbox's workers have joined its scheduler (then it is idle); the
+    client stays connected, as the default, for the job's runner to use."""
     from distributed import Client
 
-    with Client(scheduler, timeout=timeout) as client:
-        client.wait_for_workers(workers, timeout=timeout)
+    client = Client(scheduler, timeout=timeout, set_as_default=True)
+    client.wait_for_workers(workers, timeout=timeout)
+    return client
 
 
 def await_assignment(path: Path, timeout: float) -> dict[str, Any] | None:
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     warm_up()
     from insitu.runtime.runner import main as run_main
 
-    await_workers(args.scheduler, args.wait_workers, args.wait_timeout)
+    warm = await_workers(args.scheduler, args.wait_workers, args.wait_timeout)
     print(READY_LINE, flush=True)
     assignment = await_assignment(args.assignment, args.idle_timeout)
     if assignment is None:
@@ -84,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     env = assignment.get("env") or {}
     os.environ.update({str(k): str(v) for k, v in env.items()})
     waits = ["--wait-workers", str(args.wait_workers), "--wait-timeout", str(args.wait_timeout)]
-    return run_main([assignment["workspace"], "--scheduler", args.scheduler, *waits])
+    try:  # the runner finds the warm client as the default one and uses it
+        return run_main([assignment["workspace"], "--scheduler", args.scheduler, *waits])
+    finally:
+        with contextlib.suppress(Exception):
+            warm.close()
 
 
 if __name__ == "__main__":
