@@ -493,7 +493,25 @@ def report(result: dict[str, Any]) -> str:
             "Submit to running includes the wait in the queue, which is the point of a load "
             "test: 600 jobs share a few slots. Admitted to running is the start of one job once "
             "it has its slot, on the warm pool.",
+            *([docker_note(result["figures"]["docker"])] if "docker" in result["figures"] else []),
         ]
+    )
+
+
+def docker_note(figures: dict[str, Any]) -> str:
+    """What the docker column says, in words."""
+    per_sandbox = 2 * 60 / figures["jobs_per_minute"] if figures["jobs_per_minute"] else None
+    return (
+        f"\nOn docker, {figures['started_warm']} of {figures['submitted']} jobs started in a "
+        "warm sandbox of their own, and admitted to running includes the wait for one: the "
+        "pool starts two sandboxes at a time, and at the load's rate of "
+        f"{figures['jobs_per_minute']} jobs a minute each took about "
+        f"{per_sandbox:.0f} s to start beside the running jobs on these two cores (four "
+        "containers, three interpreters importing the runtime). Isolation costs CPU per job "
+        "that shared warm workers do not; a course on the docker backend needs a machine "
+        "with cores to match its participants."
+        if per_sandbox
+        else ""
     )
 
 

@@ -160,11 +160,14 @@ def causes(document: dict[str, Any]) -> str:
                     if assigned is not None
                     else ""
                 )
-                + "The local warm pool starts faster because its runner is forked from a "
-                "process already connected to shared workers; a sandbox cannot share them "
-                "without giving up the isolation. Keeping a connected Dask client in the "
-                "waiting runner, and reading the job's input from the assignment instead of "
-                "the store, are the next steps.",
+                + f"The idle runs were {idle['runs']} s. Each shares this machine's two cores "
+                "with the sandbox the pool starts in its place at that very moment (four "
+                "containers, three interpreters importing dask, zarr and pandas). The local "
+                "warm pool starts faster because its runner is forked from a process already "
+                "connected to shared workers; a sandbox cannot share them without giving up "
+                "the isolation. Starting the replacement only once the job runs (or at a lower "
+                "CPU priority), and reading the job's input from the assignment instead of "
+                "through the gateway, are the next steps.",
                 "",
             ]
         elif "submit-to-running" in goal["goal"]:
@@ -186,8 +189,15 @@ def causes(document: dict[str, Any]) -> str:
                 "the warm pool's workers and the jobs share this machine's two cores, and jobs "
                 f"ran at {f['jobs_per_minute']} a minute meanwhile; a submit is the heaviest "
                 "request (spec and catalog checks, the job's row, its first event and audit row, "
-                "its input file in the workspace). A profile of the submit path under this load "
-                "is the next step.",
+                "its input file in the workspace)"
+                + (
+                    "; on docker it also asks the Docker engine about the job's image, and "
+                    "under this load the engine is busy starting sandboxes, the first suspect "
+                    "for its submit latency (not measured apart yet)"
+                    if kind == "docker"
+                    else ""
+                )
+                + ". A profile of the submit path under this load is the next step.",
                 "",
             ]
     if len(lines) == 2:
