@@ -217,7 +217,6 @@ class KubernetesBackend(Backend):
             "ServiceAccount": lambda: core.create_namespaced_service_account(namespace, manifest),
             "Pod": lambda: core.create_namespaced_pod(namespace, manifest),
             "Service": lambda: core.create_namespaced_service(namespace, manifest),
-            "Secret": lambda: core.create_namespaced_secret(namespace, manifest),
             "NetworkPolicy": lambda: networking.create_namespaced_network_policy(
                 namespace, manifest
             ),
