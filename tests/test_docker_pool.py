@@ -208,9 +208,15 @@ def pooled(
     server_id = settings.dispatcher.id
     # The idle sandboxes went with the server: no container, no waiting gateway.
     assert wait_for(
-        lambda: not engine.containers.list(all=True, filters={"label": LABEL_SERVER}), 30
+        lambda: not engine.api.containers(all=True, filters={"label": LABEL_SERVER}), 30
     ), f"server {server_id} left containers"
     assert wait_for(lambda: _pool_processes(settings.home) == [], 10)
+
+
+def _runner_keys(engine: Any) -> set[str]:
+    """The keys of the runner containers now (one listing: none vanishes half-way)."""
+    listed = engine.api.containers(all=True, filters={"label": "insitu.io/component=runner"})
+    return {c["Labels"][LABEL_JOB] for c in listed}
 
 
 def _ready(api: Client) -> int:
@@ -243,10 +249,7 @@ def test_a_job_starts_in_a_warm_sandbox_that_no_other_job_gets(
     api.register_dataset("lab/movie", url)
     assert api.health()["warm_pool"]["size"] == 2
     assert wait_for(lambda: _ready(api) == 2, 120), api.health()
-    waiting = {
-        c.labels[LABEL_JOB]
-        for c in engine.containers.list(filters={"label": "insitu.io/component=runner"})
-    }
+    waiting = _runner_keys(engine)
     assert len(waiting) == 2 and all(is_sandbox(k) for k in waiting)
 
     done = api.wait(api.submit(_spec())["id"], timeout=120)
@@ -263,12 +266,7 @@ def test_a_job_starts_in_a_warm_sandbox_that_no_other_job_gets(
 
     # The sandbox went with its job; the pool started another in its place.
     def runners() -> set[str]:
-        return {
-            c.labels[LABEL_JOB]
-            for c in engine.containers.list(
-                all=True, filters={"label": "insitu.io/component=runner"}
-            )
-        }
+        return _runner_keys(engine)
 
     assert wait_for(lambda: len(waiting & runners()) == 1 and _ready(api) == 2, 120), (
         runners(),
