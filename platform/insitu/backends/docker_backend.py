@@ -58,6 +58,8 @@ from insitu.backends.store_gateway import (
     GATEWAY_CREDENTIALS,
     STORE_ACCESS,
     behind_gateway,
+    dataset_in_store,
+    write_limit,
 )
 from insitu.config import Settings
 from insitu.errors import BackendBusy, BackendError, InsituError, InvalidInput
@@ -94,6 +96,15 @@ def _write_atomically(path: Path, text: str, mode: int) -> None:
         out.write(text)
     os.chmod(partial, mode)
     os.replace(partial, path)
+
+
+def _same_process(pid: int, created: float) -> psutil.Process | None:
+    """The process ``pid`` if it is still the one started at ``created`` (pids are reused)."""
+    with contextlib.suppress(psutil.Error):
+        process = psutil.Process(pid)
+        if abs(process.create_time() - created) < 1.0:
+            return process
+    return None
 
 
 def container_key(handle: JobHandle) -> str:
@@ -208,7 +219,7 @@ class DockerBackend(Backend):
             )
         )
 
-    def _spawn_gateway(self, key: str, options: list[str], env: dict[str, str]) -> subprocess.Popen:
+    def _spawn_gateway(self, key: str, options: list[str]) -> subprocess.Popen:
         """Start a store gateway process listening on ``key``'s socket folder."""
         directory = self._socket_dir(key)
         directory.mkdir(parents=True, exist_ok=True)
@@ -221,7 +232,7 @@ class DockerBackend(Backend):
             "--listen", f"unix:{directory / 'store.sock'}",
             "--endpoint", endpoint, "--region", storage.region, *options,
         ]  # fmt: skip
-        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join(sys.path), **env}
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join(sys.path)}
         with open(directory / "gateway.log", "ab") as log_file:
             return subprocess.Popen(
                 command,
@@ -244,12 +255,27 @@ class DockerBackend(Backend):
                 )
             time.sleep(0.005)
 
-    def _write_limit(self) -> int:
-        return max(4 * int(self.settings.limits.max_result_bytes), 1 << 30)
-
     def _counts_path(self, job_id: str) -> Path:
         counts = self.settings.home / "gateway" / f"{job_id}.json"
         counts.parent.mkdir(parents=True, exist_ok=True)
+        return counts
+
+    def _config_path(self, key: str) -> Path:
+        """Where a gateway reads its job's policy and keys (the server's home: no job sees it)."""
+        return self._counts_path(key).with_suffix(".config.json")
+
+    def _configure_gateway(self, key: str, request: LaunchRequest) -> Path:
+        """Write the job's policy and keys where ``key``'s gateway waits for them."""
+        counts = self._counts_path(request.job_id)
+        workspace = request.workspace_url
+        config = {
+            "dataset": request.dataset_url if dataset_in_store(request) else None,
+            "workspace": workspace if workspace.startswith("s3://") else None,
+            "counts": str(counts),
+            "max_write_bytes": write_limit(self.settings),
+            "credentials": {k: v for k, v in request.env.items() if k in GATEWAY_CREDENTIALS},
+        }
+        _write_atomically(self._config_path(key), json.dumps(config), 0o600)
         return counts
 
     @staticmethod
@@ -260,28 +286,24 @@ class DockerBackend(Backend):
             "relay_pid": pid,
             "relay_create_time": created,
             "gateway_counts": str(counts),
-            "gateway_scan": bool(request.dataset_url and request.dataset_url.startswith("s3://")),
+            "gateway_scan": dataset_in_store(request),
             "store_access": STORE_ACCESS,
         }
 
     def _start_gateway(self, request: LaunchRequest, route: StoreRoute) -> dict[str, Any]:
         """Start the job's store gateway on the socket its gateway container relays to.
 
-        The gateway holds the job's store credentials; the job's containers hold none.
+        The gateway holds the job's store credentials; the job's containers hold none. It
+        learns them as a warm sandbox's gateway does, from a file it reads and deletes.
         """
         job_id = request.job_id
-        counts = self._counts_path(job_id)
-        options = ["--counts", str(counts), "--max-write-bytes", str(self._write_limit())]
-        urls = (("--dataset", request.dataset_url), ("--workspace", request.workspace_url))
-        for flag, url in urls:
-            if url and url.startswith("s3://"):
-                options += [flag, url]
-        credentials = {k: v for k, v in request.env.items() if k in GATEWAY_CREDENTIALS}
-        process = self._spawn_gateway(job_id, options, credentials)
+        counts = self._configure_gateway(job_id, request)
+        process = self._spawn_gateway(job_id, ["--await-config", str(self._config_path(job_id))])
         try:
             self._await_socket(job_id, job_id, lambda: process.poll() is None)
         except BackendError:
             process.kill()
+            self._config_path(job_id).unlink(missing_ok=True)  # it holds keys
             raise
         created = psutil.Process(process.pid).create_time()
         return self._gateway_facts(request, process.pid, created, counts)
@@ -310,7 +332,7 @@ class DockerBackend(Backend):
         self._remove_all(request.job_id, existing)
         route = self._route([u for u in (request.dataset_url, request.workspace_url) if u])
         if self.pool is not None and self.pool.fits(request, info.id, route):
-            sandbox = self.pool.take(request, info.id, route)
+            sandbox = self.pool.take(request.job_id, info.id)
             if sandbox is None and self.pool.should_wait(request.job_id):
                 raise BackendBusy("waiting for a warm sandbox")
             if sandbox is not None:
@@ -368,9 +390,9 @@ class DockerBackend(Backend):
         route = self._pool_route()
         if route is None:  # unreachable: _pool_route always names the store
             raise BackendError("the warm pool needs object storage")
-        config_path = self._counts_path(key).with_suffix(".config.json")
+        config_path = self._config_path(key)
         config_path.unlink(missing_ok=True)
-        process = self._spawn_gateway(key, ["--await-config", str(config_path)], {})
+        process = self._spawn_gateway(key, ["--await-config", str(config_path)])
         created = psutil.Process(process.pid).create_time()
         sandbox = Sandbox(key, info.id, process.pid, created, route.aliases)
         request = LaunchRequest(
@@ -420,11 +442,7 @@ class DockerBackend(Backend):
 
     def sandbox_alive(self, sandbox: Sandbox) -> bool:
         """Whether the sandbox's gateway waits and all its containers run."""
-        try:
-            gateway = psutil.Process(sandbox.gateway_pid)
-            if abs(gateway.create_time() - sandbox.gateway_create_time) >= 1.0:
-                return False
-        except psutil.Error:
+        if _same_process(sandbox.gateway_pid, sandbox.gateway_create_time) is None:
             return False
         containers = self._job_containers(sandbox.key)
         return len(containers) >= 4 and all(c["State"] == "running" for c in containers)
@@ -433,7 +451,7 @@ class DockerBackend(Backend):
         """Remove a sandbox no job will use: its containers, its gateway, its files."""
         self._remove_all(key, self._job_containers(key))
         self._stop_relay(key)
-        self._counts_path(key).with_suffix(".config.json").unlink(missing_ok=True)
+        self._config_path(key).unlink(missing_ok=True)
 
     def assigned_job(self, key: str) -> str | None:
         """The job a sandbox was given, as the server wrote it (None while it waits)."""
@@ -446,16 +464,7 @@ class DockerBackend(Backend):
     ) -> JobHandle:
         """Give ``sandbox`` to the job: its gateway's policy and keys, then the runner's job."""
         assert route is not None
-        counts = self._counts_path(request.job_id)
-        gateway_config = {
-            "dataset": request.dataset_url,
-            "workspace": request.workspace_url,
-            "counts": str(counts),
-            "max_write_bytes": self._write_limit(),
-            "credentials": {k: v for k, v in request.env.items() if k in GATEWAY_CREDENTIALS},
-        }
-        config_path = self._counts_path(sandbox.key).with_suffix(".config.json")
-        _write_atomically(config_path, json.dumps(gateway_config), 0o600)
+        counts = self._configure_gateway(sandbox.key, request)
 
         def gateway_alive() -> bool:
             return psutil.pid_exists(sandbox.gateway_pid)
@@ -671,13 +680,9 @@ class DockerBackend(Backend):
     def _relay_of(self, handle: JobHandle) -> list[psutil.Process]:
         """The job's relay: by the pid its handle recorded, else found among all processes."""
         pid = handle.data.get("relay_pid")
-        if pid:
-            with contextlib.suppress(psutil.Error):
-                process = psutil.Process(int(pid))
-                if abs(process.create_time() - float(handle.data["relay_create_time"])) < 1.0:
-                    return [process]
-                return []  # the pid was reused: the relay is gone
-            return []
+        if pid:  # gone, or its pid reused: no relay
+            process = _same_process(int(pid), float(handle.data["relay_create_time"]))
+            return [process] if process is not None else []
         return self._relays().get(container_key(handle), [])  # from before the relay started
 
     def _stop_relay(self, key: str, processes: list[psutil.Process] | None = None) -> None:

@@ -58,10 +58,7 @@ class ContainerCpu:
         self._base: dict[str, dict[str, int]] = {}
         self._lock = threading.Lock()
 
-    def _usage(self, container_id: str) -> int | None:
-        used = cgroup_usage(container_id, self.root)
-        if used is not None:
-            return used
+    def _stats_usage(self, container_id: str) -> int | None:
         with contextlib.suppress(Exception):
             stats = self.client.api.stats(container_id, stream=False, one_shot=True)
             return int(stats["cpu_stats"]["cpu_usage"]["total_usage"])
@@ -69,10 +66,11 @@ class ContainerCpu:
 
     def _usages(self, containers: list[dict[str, Any]]) -> dict[str, int]:
         ids = [c["Id"] for c in containers if c.get("State") == "running"]
-        if not ids:
-            return {}
-        with ThreadPoolExecutor(max_workers=min(len(ids), 8)) as pool:
-            found = dict(zip(ids, pool.map(self._usage, ids), strict=True))
+        found = {cid: cgroup_usage(cid, self.root) for cid in ids}
+        remote = [cid for cid, used in found.items() if used is None]
+        if remote:  # not on this machine: ask the engine, side by side
+            with ThreadPoolExecutor(max_workers=min(len(remote), 8)) as pool:
+                found.update(zip(remote, pool.map(self._stats_usage, remote), strict=True))
         return {cid: used for cid, used in found.items() if used is not None}
 
     def baseline(self, job_id: str, containers: list[dict[str, Any]]) -> None:

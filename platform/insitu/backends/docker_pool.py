@@ -160,32 +160,22 @@ class SandboxPool:
             self._waits.pop(job_id, None)
             return False
 
-    def take(
-        self, request: LaunchRequest, image_id: str, route: StoreRoute | None
-    ) -> Sandbox | None:
-        """A ready sandbox for ``request`` (no longer the pool's), or None."""
-        if self._stopping or not self.fits(request, image_id, route):
-            return None
-        assert route is not None
-        while True:
+    def take(self, job_id: str, image_id: str) -> Sandbox | None:
+        """A ready sandbox of ``image_id`` for a job that :meth:`fits` (no longer the
+        pool's), or None."""
+        while not self._stopping:
             with self._changed:
-                found = next(
-                    (
-                        s
-                        for s in self._ready
-                        if s.image_id == image_id and set(route.aliases) <= set(s.aliases)
-                    ),
-                    None,
-                )
+                found = next((s for s in self._ready if s.image_id == image_id), None)
                 if found is None:
                     return None
                 self._ready.remove(found)
-                self._waits.pop(request.job_id, None)
+                self._waits.pop(job_id, None)
                 self._changed.notify_all()  # start its replacement
             if self.backend.sandbox_alive(found):
                 return found
             log.warning("warm sandbox %s had stopped; removing it", found.key)
             self.backend.remove_sandbox(found.key)
+        return None
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop filling and remove the sandboxes no job took."""

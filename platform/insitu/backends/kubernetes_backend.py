@@ -53,7 +53,13 @@ from insitu.backends.k8s_manifests import (
     tenant_manifests,
     tenant_namespace,
 )
-from insitu.backends.store_gateway import STORE_ACCESS, behind_gateway, uses_store
+from insitu.backends.store_gateway import (
+    STORE_ACCESS,
+    behind_gateway,
+    dataset_in_store,
+    uses_store,
+    write_limit,
+)
 from insitu.config import Settings
 from insitu.errors import BackendError, InvalidInput
 from insitu.gateway.policy import ADMIN_HEADER, ADMIN_PREFIX
@@ -242,9 +248,6 @@ class KubernetesBackend(Backend):
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    def _write_limit(self) -> int:
-        return max(4 * int(self.settings.limits.max_result_bytes), 1 << 30)
-
     def manifests(self, request: LaunchRequest, token: str | None = None) -> list[dict[str, Any]]:
         """What :meth:`start` creates for a job, in order: its store gateway (when its data
         is in object storage), its NetworkPolicy and its DaskJob."""
@@ -258,7 +261,7 @@ class KubernetesBackend(Backend):
                     storage=self.settings.storage,
                     server_id=self.server_id,
                     token=token or secrets.token_urlsafe(32),
-                    max_write_bytes=self._write_limit(),
+                    max_write_bytes=write_limit(self.settings),
                 )
             except ValueError as exc:
                 raise BackendError(str(exc)) from None
@@ -315,9 +318,7 @@ class KubernetesBackend(Backend):
             facts = {
                 "gateway": gateway_name(request.job_id),
                 "gateway_token": self._create_gateway(gateway, token),
-                "gateway_scan": bool(
-                    request.dataset_url and request.dataset_url.startswith("s3://")
-                ),
+                "gateway_scan": dataset_in_store(request),
                 "store_access": STORE_ACCESS,
             }
         with contextlib.suppress(ApiException):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from insitu.backends.base import LaunchRequest
+from insitu.config import Settings
 
 # What the gateway signs with; the job's containers get placeholders instead.
 GATEWAY_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -23,6 +24,16 @@ STORE_ACCESS = (
 def uses_store(request: LaunchRequest) -> bool:
     """Whether the job's dataset or workspace is in object storage."""
     return any(u and u.startswith("s3://") for u in (request.dataset_url, request.workspace_url))
+
+
+def dataset_in_store(request: LaunchRequest) -> bool:
+    """Whether the job's dataset bytes pass its gateway (then the gateway counts the scan)."""
+    return bool(request.dataset_url and request.dataset_url.startswith("s3://"))
+
+
+def write_limit(settings: Settings) -> int:
+    """The most bytes a job may write through its gateway, in all."""
+    return max(4 * int(settings.limits.max_result_bytes), 1 << 30)
 
 
 def behind_gateway(request: LaunchRequest, endpoint: str) -> LaunchRequest:
