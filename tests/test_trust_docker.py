@@ -43,6 +43,7 @@ ATTACKS = {  # attack -> its job's result cap
     "forge_core_seconds": "16KiB",
     "forge_scan": "4MiB",
     "forge_names": "16KiB",
+    "seal_own_gateway": "16KiB",
 }
 
 
@@ -208,3 +209,14 @@ def test_warm_attacks_each_ran_in_a_sandbox_of_their_own(attacked: dict[str, Any
         handles = [json.loads(h) for (h,) in db.execute("SELECT handle FROM jobs")]
     sandboxes = [h["data"]["sandbox"] for h in handles]
     assert len(set(sandboxes)) == len(jobs)  # never two jobs in one sandbox
+
+
+def test_a_job_can_neither_read_nor_seal_its_gateway_s_counts(attacked: dict[str, Any]) -> None:
+    """The gateway's own endpoints answer the server's token only; the scan is still counted."""
+    mallory, job_id = attacked["mallory"], attacked["jobs"]["seal_own_gateway"]
+    done = mallory.job(job_id)
+    assert done["state"] == "succeeded", (done["error"], mallory.log_text(job_id)[-3000:])
+    answers = mallory.result(job_id, "answers")
+    assert answers and set(answers.values()) == {403}, answers
+    assert done["bytes_scanned_source"] == "counted by insitu's store gateway"
+    assert done["bytes_scanned"] > 0
