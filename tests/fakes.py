@@ -28,7 +28,7 @@ from insitu.runtime.workspace import (
     ResultFile,
     Workspace,
 )
-from insitu.services import auth, datasets, jobs
+from insitu.services import auth, datasets, jobs, url_roots
 
 
 @dataclass
@@ -138,7 +138,9 @@ def make_world(db: Database, settings: Settings, movie_path: Path) -> World:
     with db.session() as session:
         user, _ = auth.create_user(session, "ada", auth.Role.RESEARCHER)
         curator, _ = auth.create_user(session, "ines", auth.Role.INSTRUCTOR)
+        admin, _ = auth.create_user(session, "root", auth.Role.ADMIN)
         session.commit()
+        url_roots.allow(session, admin, str(movie_path.parent), role="instructor", user_name=None)
         datasets.register(session, curator, "test/movie", str(movie_path), access_rule="public")
     # The fake backend runs no code: the local backend's rule on user code does not apply.
     settings.local.allow_untrusted_code = True

@@ -14,8 +14,10 @@ import pytest
 
 from insitu.client import Client
 from insitu.config import Settings
+from insitu.db.engine import Database
 from insitu.runtime import bundle
 from insitu.server import BackgroundServer
+from insitu.services.auth import Role, create_user
 from insitu.services.bundles import BundleStore
 
 pytestmark = pytest.mark.timeout(60)
@@ -186,7 +188,7 @@ def test_oversized_bundle_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
             headers={"Authorization": f"Bearer {token}"},
         )
         assert (
-            response.status_code == 422 and "over the limit of 1,024" in response.json()["detail"]
+            response.status_code == 413 and "over the limit of 1,024" in response.json()["detail"]
         )
     finally:
         server.stop()
@@ -251,5 +253,10 @@ def test_a_relative_home_is_made_absolute(
     monkeypatch.setenv("INSITU_HOME", "relative-home")
     settings = Settings()
     assert settings.home == tmp_path / "relative-home"
-    digest, _ = BundleStore(settings).put(bundle.pack(analysis_code))
+    settings.ensure_home()
+    db = Database(settings.resolved_database_url)
+    db.migrate()
+    with db.session() as session:
+        owner, _ = create_user(session, "ada", Role.ADMIN)
+        digest, _ = BundleStore(settings).put(session, owner, bundle.pack(analysis_code))
     assert (tmp_path / "relative-home" / "bundles" / f"{digest}.tar.gz").exists()

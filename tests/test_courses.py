@@ -95,7 +95,7 @@ def test_a_course_from_a_roster_to_its_report_and_close(
     with Client(server.url, ada) as participant:
         assert [d["name"] for d in participant.datasets()] == ["course/movie"]
         me = participant.whoami()
-        assert me["role"] == "participant" and "neuro-2026" in me["groups"]
+        assert me["role"] == "participant" and "course:neuro-2026" in me["groups"]
         with pytest.raises(InvalidInput, match="asks for 3 workers; your quota allows 2"):
             participant.submit(_spec(resources={"workers": 3}), code=analysis_code)
         first = participant.submit(_spec(params={"seconds": 3}), code=analysis_code)
@@ -282,8 +282,8 @@ def test_courses_and_usage_on_both_databases(db: Database) -> None:
         assert queries.usage_by_owner(session) == {}
         _, rows = courses.report(session, admin, "db-course")
         assert [(r["user"], r["jobs"]) for r in rows] == [("ada", 0), ("bo", 0)]
-        _, revoked = courses.close(session, admin, "db-course")
-        assert revoked == 2
+        _, revoked, cancelled = courses.close(session, admin, "db-course")
+        assert revoked == 2 and cancelled == 0
     assert quotas.Quota().describe() == "unlimited"
 
 

@@ -20,7 +20,7 @@ from insitu.db import queries
 from insitu.db.engine import Database
 from insitu.db.models import ApiToken, Base, Job, JobEvent, utcnow
 from insitu.errors import Conflict
-from insitu.services import auth, datasets, users
+from insitu.services import auth, datasets, url_roots, users
 from insitu.states import ALLOWED, JobState
 
 pytestmark = pytest.mark.timeout(60)
@@ -43,7 +43,7 @@ def test_migrate_twice_is_harmless(db: Database) -> None:
     db.migrate()
     with db.engine.connect() as connection:
         assert (
-            connection.execute(text("select version_num from alembic_version")).scalar() == "0004"
+            connection.execute(text("select version_num from alembic_version")).scalar() == "0005"
         )
 
 
@@ -207,8 +207,11 @@ def test_access_rules_grants_groups_and_audit(db: Database, movie: tuple[Path, n
         pat, _ = users.add(session, admin, "pat", "participant", groups=["lab-a", "lab-a"])
         assert pat.groups == ["lab-a"]
         rules = {"lab/open": "public", "lab/own": "private", "lab/team": "group:lab-a"}
-        for name, rule in rules.items():
-            datasets.register(session, ines, name, str(movie[0]), access_rule=rule)
+        url_roots.allow(session, admin, str(movie[0].parent), role=None, user_name="ines")
+        for number, (name, rule) in enumerate(rules.items()):
+            datasets.register(
+                session, ines, name, str(movie[0]), access_rule=rule, same_url_ok=number > 0
+            )
         readable = {u.name: {d.name for d in datasets.readable(session, u)} for u in (rosa, pat)}
         assert readable == {"rosa": {"lab/open"}, "pat": {"lab/open", "lab/team"}}
         assert {d.name for d in datasets.readable(session, admin)} == set(rules)
@@ -219,7 +222,7 @@ def test_access_rules_grants_groups_and_audit(db: Database, movie: tuple[Path, n
         with pytest.raises(auth.AuthenticationFailed):
             auth.authenticate(session, "insitu_not-a-token")
         events, count = queries.list_audit(session, limit=3)
-        assert count == 3 + 3 + 2 + 1 and len(events) == 3
+        assert count == 3 + 1 + 3 + 2 + 1 and len(events) == 3  # users, root, datasets, ..
         assert [e.action for e in events] == ["user.revoke", "dataset.grant", "dataset.grant"]
         grants, _ = queries.list_audit(session, action="dataset.grant", user_name="ines")
         assert len(grants) == 2 and grants[0].detail == "to rosa"

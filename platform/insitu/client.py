@@ -23,8 +23,9 @@ _ERRORS: dict[int, type[errors.InsituError]] = {
     403: errors.PermissionDenied,
     404: errors.NotFound,
     409: errors.Conflict,
-    413: errors.InvalidInput,
+    413: errors.TooLarge,
     422: errors.InvalidInput,
+    429: errors.LimitReached,
     503: errors.BackendError,
 }
 
@@ -127,11 +128,39 @@ class Client:
         return self._json("GET", "/healthz")  # type: ignore[no-any-return]
 
     def register_dataset(
-        self, name: str, url: str, description: str | None = None, *, access: str = "private"
+        self,
+        name: str,
+        url: str,
+        description: str | None = None,
+        *,
+        access: str = "private",
+        same_url_ok: bool = False,
     ) -> dict[str, Any]:
-        """Register a Zarr store as a dataset; ``access`` is public, private or group:NAME."""
-        body = {"name": name, "url": url, "description": description, "access": access}
+        """Register a Zarr store as a dataset; ``access`` is public, private, group:NAME or
+        course:NAME. A URL already in the catalog is refused unless ``same_url_ok``."""
+        body = {
+            "name": name,
+            "url": url,
+            "description": description,
+            "access": access,
+            "same_url_ok": same_url_ok,
+        }
         return self._json("POST", "/v1/datasets", json=body)  # type: ignore[no-any-return]
+
+    def url_roots(self) -> list[dict[str, Any]]:
+        """The URL roots datasets may be registered under, and for whom (admins)."""
+        return self._json("GET", "/v1/url-roots")["data"]  # type: ignore[no-any-return]
+
+    def allow_url_root(
+        self, prefix: str, *, role: str | None = None, user: str | None = None
+    ) -> dict[str, Any]:
+        """Let a role or one user register datasets under ``prefix`` (admins)."""
+        body = {"prefix": prefix, "role": role, "user": user}
+        return self._json("POST", "/v1/url-roots", json=body)  # type: ignore[no-any-return]
+
+    def remove_url_root(self, root_id: int) -> dict[str, Any]:
+        """Withdraw a URL root (admins)."""
+        return self._json("DELETE", f"/v1/url-roots/{root_id}")  # type: ignore[no-any-return]
 
     def grant(self, dataset: str, user: str) -> dict[str, Any]:
         """Let ``user`` read ``dataset`` whatever its access rule."""
@@ -225,7 +254,7 @@ class Client:
         return dict(self._json("GET", f"/v1/courses/{name}/report"))
 
     def close_course(self, name: str) -> dict[str, Any]:
-        """Revoke every participant's tokens."""
+        """Revoke every participant's tokens and cancel their unfinished jobs."""
         return dict(self._json("POST", f"/v1/courses/{name}/close"))
 
     def upload_code(self, directory: str | Path) -> str:

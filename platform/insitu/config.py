@@ -43,7 +43,20 @@ class LimitSettings(BaseModel):
         parse_size("20MiB"), description="Largest uploaded code bundle (compressed)."
     )
     max_code_bundle_unpacked_bytes: ByteSize = Field(
-        parse_size("100MiB"), description="Largest code bundle once unpacked."
+        parse_size("100MiB"), description="Largest code bundle once unpacked (headers included)."
+    )
+    max_code_bundle_files: int = Field(
+        10_000, ge=1, description="Most files and folders in one code bundle."
+    )
+    max_request_bytes: ByteSize = Field(
+        parse_size("1MiB"),
+        description="Largest request body the API reads (code bundles have their own limit).",
+    )
+    max_queued_jobs_per_user: int = Field(
+        100,
+        ge=1,
+        description="Most jobs one user may have waiting in the queue; more are refused with "
+        "429 until some have started.",
     )
     result_fraction: float = Field(
         0.5,

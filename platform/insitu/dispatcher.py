@@ -31,7 +31,7 @@ from insitu.backends.base import (
 from insitu.config import Settings
 from insitu.credentials import make_issuer
 from insitu.db import queries
-from insitu.db.engine import Database
+from insitu.db.engine import Database, unavailable
 from insitu.db.models import Course, Job, User, utcnow
 from insitu.errors import BackendBusy
 from insitu.runtime.workspace import Progress
@@ -81,19 +81,35 @@ class Dispatcher:
         self._stopping = False
         # Launch requests of admitted jobs the backend will start shortly (no new credentials).
         self._waiting: dict[str, LaunchRequest] = {}
+        # Jobs the backend started whose handle is not in the database yet (it failed to
+        # record it): the next pass records this handle instead of starting them again.
+        self._launched: dict[str, tuple[JobHandle, LaunchRequest]] = {}
+        self._cleaned_up = False  # leftovers of an earlier run removed (once per start)
+        self._database_down = False
 
     def wake(self) -> None:
         """Run the next pass now (a job was submitted or cancelled)."""
         self._wake.set()
 
     async def run(self) -> None:
-        """Reconcile until :meth:`stop`; survives errors in a pass."""
-        await self._startup()
+        """Reconcile until :meth:`stop`; survives errors in a pass (a database that is down
+        or restarting included: jobs wait, as they are, until it is back)."""
         while not self._stopping:
             try:
+                if not self._cleaned_up:
+                    await self._startup()
+                    self._cleaned_up = True
                 await self.reconcile_once()
-            except Exception:
-                log.exception("reconciliation pass failed; retrying")
+            except Exception as exc:
+                if not unavailable(exc):
+                    log.exception("reconciliation pass failed; retrying")
+                elif not self._database_down:
+                    log.warning("the database is unavailable (%s); retrying every pass", exc)
+                self._database_down = unavailable(exc)
+            else:
+                if self._database_down:
+                    log.warning("the database is back; dispatching again")
+                self._database_down = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.dispatcher.poll_interval)
             self._wake.clear()
@@ -119,7 +135,7 @@ class Dispatcher:
         room = self.settings.dispatcher.max_running_jobs - sum(
             1 for job in active if not JobState(job.state).terminal
         )
-        if room > 0:
+        if room > 0 and not self._stopping:  # a stopping dispatcher takes no new work
             admitted = await asyncio.to_thread(self._admit, room)
             for job in admitted:
                 await self._start(job)
@@ -141,7 +157,7 @@ class Dispatcher:
         """Claim up to ``room`` queued jobs, fairly across users and within their quotas."""
         now, until = self._lease_until()
         with self.db.session() as session:
-            candidates = queries.queued_candidates(session, max(room * 25, 200))
+            candidates = queries.queued_candidates(session, max(room * 25, 200), per_owner=room)
             if not candidates:
                 return []
             owners = sorted({job.owner_id for job in candidates})
@@ -210,6 +226,9 @@ class Dispatcher:
         )
 
     async def _start(self, job: Job) -> None:
+        if job.id in self._launched:  # started already; only its record is missing
+            await asyncio.to_thread(self._record_start, job.id, *self._launched[job.id])
+            return
         request = self._waiting.pop(job.id, None)
         try:
             if request is None:
@@ -230,9 +249,13 @@ class Dispatcher:
                 error_kind="backend_error",
             )
             return
-        await asyncio.to_thread(
-            self._apply,
-            job.id,
+        self._launched[job.id] = (handle, request)
+        await asyncio.to_thread(self._record_start, job.id, handle, request)
+
+    def _record_start(self, job_id: str, handle: JobHandle, request: LaunchRequest) -> None:
+        """Persist that the job started, with its handle (then forget it here)."""
+        self._apply(
+            job_id,
             JobState.PROVISIONING,
             f"starting a Dask cluster with {request.resources.workers} worker(s) x "
             f"{request.resources.threads_per_worker} thread(s) on the {self.backend.name} backend"
@@ -240,6 +263,7 @@ class Dispatcher:
             handle=handle.to_json(),
             accounting={"store_access": handle.data.get("store_access") or store_access(request)},
         )
+        self._launched.pop(job_id, None)
 
     async def _observe(self, jobs: list[Job]) -> dict[str, _Observation]:
         handles = [JobHandle.from_json(j.handle) for j in jobs if j.handle]
@@ -279,6 +303,9 @@ class Dispatcher:
                 continue
             if job.target == JobState.CANCELLED.value:
                 self._waiting.pop(job.id, None)
+                launched = self._launched.pop(job.id, None)
+                if launched is not None:  # its process runs, unrecorded: stop it
+                    await self.backend.cancel(launched[0], self.settings.dispatcher.cancel_grace)
                 await asyncio.to_thread(
                     self._apply, job.id, JobState.CANCELLED, job.reason or "cancelled"
                 )
@@ -289,7 +316,9 @@ class Dispatcher:
         for job in started:
             try:  # one job's trouble must never hold up the others
                 await self._watch_one(job, observations[job.id], now)
-            except Exception:
+            except Exception as exc:
+                if unavailable(exc):  # not this job's trouble: end the pass, retry it whole
+                    raise
                 log.exception("watching job %s failed; retrying next pass", job.id)
 
     async def _watch_one(self, job: Job, obs: _Observation, now: datetime) -> None:

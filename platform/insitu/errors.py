@@ -56,6 +56,20 @@ class PermissionDenied(InsituError, PermissionError):
     code = "forbidden"
 
 
+class LimitReached(InsituError):
+    """The caller has used up a limit that frees itself (queued jobs, request rate)."""
+
+    status_code = 429
+    code = "limit_reached"
+
+
+class TooLarge(InsituError, ValueError):
+    """A request body is larger than the server accepts."""
+
+    status_code = 413
+    code = "too_large"
+
+
 class StoreUnreachable(InsituError, OSError):
     """The object store or file behind a URL cannot be read."""
 

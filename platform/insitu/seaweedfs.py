@@ -82,6 +82,11 @@ class SeaweedFS:
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
 
+    @property
+    def running(self) -> bool:
+        """Whether the server process was started and has not exited."""
+        return self._process is not None and self._process.poll() is None
+
     def _config(self) -> Path:
         path = self.directory / "s3.json"
         identities = {
@@ -132,6 +137,7 @@ class SeaweedFS:
             f"-metricsPort={metrics}",
             "-master.volumeSizeLimitMB=1024", "-volume.max=0",
             "-master.telemetry=false",  # never talk to anything beyond loopback
+            "-master.electionTimeout=1s",  # one master: a restart need not wait 10 s for a vote
             f"-filer.localSocket={self.directory / 'filer.sock'}",
             f"-s3.localSocket={self.directory / 's3.sock'}",
         ]  # fmt: skip

@@ -2,21 +2,74 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
+from uvicorn.config import STARTUP_FAILURE
 
 from insitu.api.app import create_app
 from insitu.config import Settings
 
+# Seconds requests in flight get to finish after SIGTERM before they are cut off: a client
+# that stops reading a download must not keep the server from stopping.
+SHUTDOWN_GRACE = 5
 
-def serve(settings: Settings, *, run_dispatcher: bool = True, log_level: str = "info") -> None:
-    """Serve the API in the foreground until interrupted."""
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which on SIGTERM or SIGINT also stops the dispatcher at once: no job
+    is admitted or started while requests drain. Running jobs are left as they are, for the
+    next start to adopt. ``cleanups`` run once it has shut down, before uvicorn re-raises
+    the signal (which ends the process, and no ``finally`` of the caller runs then)."""
+
+    def __init__(
+        self, config: uvicorn.Config, app: FastAPI, cleanups: Sequence[Callable[[], None]] = ()
+    ) -> None:
+        super().__init__(config)
+        self.app, self.cleanups = app, cleanups
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().shutdown(sockets)
+        finally:
+            for cleanup in self.cleanups:
+                await asyncio.to_thread(cleanup)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        dispatcher = getattr(self.app.state, "dispatcher", None)
+        if dispatcher is not None:
+            dispatcher.stop()
+
+
+def serve(
+    settings: Settings,
+    *,
+    run_dispatcher: bool = True,
+    log_level: str = "info",
+    on_shutdown: Sequence[Callable[[], None]] = (),
+) -> None:
+    """Serve the API in the foreground until interrupted (then exit within seconds);
+    ``on_shutdown`` stops what the caller started next to it (an embedded object store)."""
     app = create_app(settings, run_dispatcher=run_dispatcher)
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level=log_level)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
+    )
+    server = _Server(config, app, on_shutdown)
+    server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)  # as uvicorn.run does; the reason is logged
 
 
 class BackgroundServer:

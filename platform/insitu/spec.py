@@ -50,6 +50,11 @@ Seconds = Annotated[
 ]
 _ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+#: Largest spec accepted, as text and once YAML aliases are expanded (params included).
+MAX_SPEC_BYTES = 256 * 1024
+#: Most YAML aliases (``*name``) in one spec, and deepest nesting of its values.
+MAX_SPEC_ALIASES = 64
+MAX_SPEC_DEPTH = 32
 
 
 class _Strict(BaseModel):
@@ -183,23 +188,84 @@ def format_validation_error(error: ValidationError, root: str = "spec") -> str:
     return "invalid job spec:\n  " + "\n  ".join(lines)
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, counting aliases so a few bytes cannot expand to gigabytes."""
+
+    aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_SPEC_ALIASES:
+                raise InvalidInput(
+                    f"job spec uses more than {MAX_SPEC_ALIASES} YAML aliases ('*name'); "
+                    "write the values out instead"
+                )
+        return super().compose_node(parent, index)
+
+
+def _parse_text(source: str | bytes) -> Any:
+    if len(source) > MAX_SPEC_BYTES:
+        raise InvalidInput(
+            f"job spec is {len(source):,} bytes, over the limit of {MAX_SPEC_BYTES:,}; "
+            "pass large inputs as a dataset or a code bundle, not as params"
+        )
+    loader = _SpecLoader(source)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "malformed"
+        raise InvalidInput(f"job spec is not valid YAML or JSON{where}: {problem}") from None
+    except RecursionError:
+        raise InvalidInput(
+            f"job spec is nested deeper than {MAX_SPEC_DEPTH} levels; flatten its params"
+        ) from None
+    finally:
+        loader.dispose()
+
+
+def check_spec_size(data: Any) -> None:
+    """Refuse a parsed spec that is too deep or too large once aliases are expanded.
+
+    Walks the values with a budget, so a spec whose aliases would expand to gigabytes
+    (or refer to themselves) is refused after reading at most ``MAX_SPEC_BYTES``.
+    """
+    budget = MAX_SPEC_BYTES
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_SPEC_DEPTH:
+            raise InvalidInput(
+                f"job spec is nested deeper than {MAX_SPEC_DEPTH} levels (or refers to "
+                "itself through a YAML alias); flatten its params"
+            )
+        if isinstance(value, dict):
+            budget -= 2 + len(value)
+            stack.extend((k, depth + 1) for k in value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list | tuple):
+            budget -= 2 + len(value)
+            stack.extend((v, depth + 1) for v in value)
+        else:
+            budget -= len(value) if isinstance(value, str | bytes) else 8
+        if budget < 0:
+            raise InvalidInput(
+                f"job spec expands to more than {MAX_SPEC_BYTES:,} bytes (YAML aliases "
+                "count once per use); pass large inputs as a dataset or a code bundle"
+            )
+
+
 def load_spec(source: str | bytes | dict[str, Any]) -> JobSpec:
     """Parse a spec from YAML or JSON text, or from a dict, with readable errors."""
-    if isinstance(source, bytes | str):
-        try:
-            data = yaml.safe_load(source)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or "malformed"
-            raise InvalidInput(f"job spec is not valid YAML or JSON{where}: {problem}") from None
-    else:
-        data = source
+    data = _parse_text(source) if isinstance(source, bytes | str) else source
     if not isinstance(data, dict):
         raise InvalidInput(
             f"a job spec must be a mapping of fields (apiVersion, dataset, analysis, ...), "
             f"got {type(data).__name__}"
         )
+    check_spec_size(data)
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:

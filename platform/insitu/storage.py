@@ -49,8 +49,52 @@ _CLIENT_KWARGS = {
     "aws_secret_access_key": "secret_access_key",
     "aws_session_token": "session_token",
 }
-# Fail an unreachable store within a minute, not obstore's default three.
-_RETRY = {"max_retries": 5, "retry_timeout": timedelta(seconds=60)}
+# How long a job's reads keep retrying a store that does not answer, throttles (503
+# SlowDown) or fails with a server error, before the job fails naming the store: long
+# enough to ride out a store's restart. The server's own reads (a dataset being
+# registered, someone waiting) give up sooner.
+JOB_RETRY_TIMEOUT = 60.0
+RETRY_TIMEOUT_ENV = "INSITU_STORE_RETRY_TIMEOUT"
+QUICK_RETRY_TIMEOUT = 3.0
+# botocore's retries for s3fs (workspaces, and stores obstore cannot open): as many
+# attempts as botocore's default, the adaptive mode also slowing down when throttled.
+S3FS_RETRIES = {"max_attempts": 5, "mode": "adaptive"}
+
+
+def job_retry_timeout() -> float:
+    """Seconds a job's read retries a store: ``INSITU_STORE_RETRY_TIMEOUT``, else 60."""
+    try:
+        value = float(os.environ.get(RETRY_TIMEOUT_ENV) or JOB_RETRY_TIMEOUT)
+    except ValueError:
+        return JOB_RETRY_TIMEOUT
+    return value if value > 0 else JOB_RETRY_TIMEOUT
+
+
+def _retry_config(timeout: float) -> dict[str, Any]:
+    """obstore's retries: backoff from 0.1 s doubling up to 4 s, for ``timeout`` seconds.
+
+    The number of retries is left high so that the time, not the count, decides: with a
+    count of 5 (and obstore's jittered backoff) a store down for one second failed jobs.
+    """
+    return {
+        "max_retries": 1000,
+        "retry_timeout": timedelta(seconds=timeout),
+        "backoff": {
+            "init_backoff": timedelta(milliseconds=100),
+            "max_backoff": timedelta(seconds=4),
+            "base": 2,
+        },
+    }
+
+
+def _with_s3fs_retries(url: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """s3fs ``options`` with botocore's retries set, unless the caller set them."""
+    options = dict(options or {})
+    if not url.startswith("s3://"):
+        return options
+    config = dict(options.get("config_kwargs") or {})
+    config.setdefault("retries", dict(S3FS_RETRIES))
+    return {**options, "config_kwargs": config}
 
 
 def through_gateway(options: dict[str, Any]) -> dict[str, Any]:
@@ -121,7 +165,13 @@ def _endpoint(config: dict[str, Any]) -> str:
     return str(config.get("endpoint") or env)
 
 
-def open_object_store(url: str, config: dict[str, Any], *, read_only: bool = True) -> Store:
+def open_object_store(
+    url: str,
+    config: dict[str, Any],
+    *,
+    read_only: bool = True,
+    retry_timeout: float = QUICK_RETRY_TIMEOUT,
+) -> Store:
     """zarr's ObjectStore over an obstore S3Store for an ``s3://`` URL."""
     if obstore is None:
         raise StoreUnreachable(f"cannot open {url}: obstore is not installed")
@@ -132,7 +182,7 @@ def open_object_store(url: str, config: dict[str, Any], *, read_only: bool = Tru
             prefix=parsed.path.strip("/") or None,
             config=config,  # type: ignore[arg-type]
             client_options={"allow_http": _endpoint(config).startswith("http://")},
-            retry_config=_RETRY,  # type: ignore[arg-type]
+            retry_config=_retry_config(retry_timeout),  # type: ignore[arg-type]
         )
     except Exception as exc:  # a malformed endpoint, region or key
         raise StoreUnreachable(f"cannot open the store at {url}: {_reason(exc)}") from exc
@@ -145,16 +195,24 @@ def open_fsspec_store(
     """zarr's FsspecStore (s3fs for ``s3://``); the fallback reader."""
     try:
         return zarr.storage.FsspecStore.from_url(
-            url, storage_options=storage_options or {}, read_only=read_only
+            url, storage_options=_with_s3fs_retries(url, storage_options), read_only=read_only
         )
     except Exception as exc:  # fsspec raises many kinds; say which URL failed
         raise StoreUnreachable(f"cannot open the store at {url}: {exc}") from exc
 
 
 def open_store(
-    url: str, *, read_only: bool = True, storage_options: dict[str, Any] | None = None
+    url: str,
+    *,
+    read_only: bool = True,
+    storage_options: dict[str, Any] | None = None,
+    retry_timeout: float = QUICK_RETRY_TIMEOUT,
 ) -> Store:
-    """A zarr store for ``url``: LocalStore for files, obstore for S3, else fsspec."""
+    """A zarr store for ``url``: LocalStore for files, obstore for S3, else fsspec.
+
+    Reads of an S3 store that does not answer or throttles are retried with backoff for
+    ``retry_timeout`` seconds; jobs pass :func:`job_retry_timeout`.
+    """
     url = normalize_url(url)
     if url.startswith("file://"):
         path = local_path(url)
@@ -163,25 +221,55 @@ def open_store(
         return zarr.storage.LocalStore(path, read_only=read_only)
     config = obstore_config(storage_options) if url.startswith("s3://") else None
     if config is not None and obstore is not None:
-        return open_object_store(url, config, read_only=read_only)
+        return open_object_store(url, config, read_only=read_only, retry_timeout=retry_timeout)
     return open_fsspec_store(url, storage_options, read_only=read_only)
 
 
 def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
     """An fsspec filesystem and the path inside it, for workspace files."""
     url = normalize_url(url)
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, path = fsspec.core.url_to_fs(url, **_with_s3fs_retries(url, storage_options))
     return fs, path
 
 
+# obstore's words for a request it gave up on after retrying.
+_RETRIED = re.compile(
+    r"Error performing \w+ (?P<uri>\S+) in (?P<elapsed>\S+), after (?P<retries>\d+) retries"
+    r"[^\n]*? - (?P<inner>[^\n]*)"
+)
+_DURATION = re.compile(r"^(?P<value>[\d.]+)(?P<unit>ns|µs|us|ms|s)$")
+_UNIT_SECONDS = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def _seconds(duration: str) -> str:
+    """A Rust duration (``4.13065478s``, ``659.43ms``) as ``4.1 s``."""
+    match = _DURATION.match(duration)
+    if not match:
+        return duration
+    return f"{float(match['value']) * _UNIT_SECONDS[match['unit']]:.1f} s"
+
+
 def _reason(exc: Exception) -> str:
-    """obstore's error in one line: the S3 error code and message when there is one."""
+    """obstore's error in one line: the S3 error code and message when there is one, and
+    which store gave up after how many retries when obstore retried."""
     text = str(exc).split("\n\nDebug source", 1)[0]
     code = re.search(r"<Code>(.*?)</Code>", text)
     message = re.search(r"<Message>(.*?)</Message>", text)
+    retried = _RETRIED.search(text)
     if code:
-        return f"{code[1]}: {message[1]}" if message else code[1]
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+        reason = f"{code[1]}: {message[1]}" if message else code[1]
+    elif retried:
+        reason = retried["inner"].strip()[:300]
+    else:
+        return text.splitlines()[0][:300] if text else type(exc).__name__
+    if not retried:
+        return reason
+    uri = urlparse(retried["uri"])
+    store = f"the object store at {uri.scheme}://{uri.netloc}"
+    tries = f"{retried['retries']} retries over {_seconds(retried['elapsed'])}"
+    if not code and "error sending request" in reason:
+        return f"{store} did not answer (gave up after {tries})"
+    return f"{reason} ({store}, after {tries})"
 
 
 class NamedObjectStore(zarr.storage.ObjectStore):  # type: ignore[type-arg]

@@ -5,25 +5,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from insitu import __version__
-from insitu.api.routes import audit, bundles, courses, datasets, health, jobs, users
+from insitu.api.limits import BodyLimit
+from insitu.api.routes import audit, bundles, courses, datasets, health, jobs, url_roots, users
 from insitu.backends import Backend, make_backend
 from insitu.config import Settings
 from insitu.db import queries
-from insitu.db.engine import Database
+from insitu.db.engine import Database, unavailable
 from insitu.db.models import User
 from insitu.dispatcher import Dispatcher
 from insitu.errors import AuthenticationFailed, InsituError, PermissionDenied
 from insitu.services.auth import bootstrap_admin
 
 log = logging.getLogger("insitu.api")
+_HTTP_CODES = {
+    400: "invalid_input",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+}
+DATABASE_RETRY_AFTER = 2  # seconds a client waits before retrying when the database is down
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -35,18 +48,25 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def _audit_denial(db: Database, request: Request, exc: InsituError) -> None:
-    """Record a refused request in the audit log, in a transaction of its own."""
+    """Record a refused request in the audit log, in a transaction of its own.
+
+    Refusals are counted per caller and route (its template, not the ids in it), so
+    a flood of them grows the table by at most a row per caller, route and hour.
+    """
+    route = request.scope.get("route")
+    template = getattr(route, "path_format", None) or request.url.path
+    if request.url.path.startswith("/v1/") and not template.startswith("/v1/"):
+        template = "/v1" + template  # routers included under /v1 keep their own path
     try:
         with db.session() as session:
             user_id = getattr(request.state, "user_id", None)
             user = session.get(User, user_id) if user_id is not None else None
-            queries.add_audit(
+            queries.add_denial(
                 session,
                 user,
-                f"{request.method} {request.url.path}",
-                request.url.path,
-                outcome="denied",
-                detail=exc.message,
+                f"{request.method} {template}"[:60],
+                request.url.path[:500],
+                exc.message[:1000],
             )
             session.commit()
     except Exception:  # the refusal stands even if the audit write fails
@@ -111,14 +131,51 @@ def create_app(
             headers={"Retry-After": "1"},
         )
 
+    last_outage_log = [0.0]
+
+    @app.exception_handler(DBAPIError)
+    async def database_unavailable(request: Request, exc: DBAPIError) -> JSONResponse:
+        if not unavailable(exc):
+            raise exc  # a fault of the server, not of the moment: a plain 500
+        now = time.monotonic()
+        if now - last_outage_log[0] > 10:  # one line per 10 s of an outage, not per request
+            last_outage_log[0] = now
+            log.warning("database unavailable (answering 503): %s", exc.orig)
+        return JSONResponse(
+            status_code=503,
+            content={
+                "detail": "the server cannot reach its database right now (it may be "
+                f"restarting); retry in {DATABASE_RETRY_AFTER} s",
+                "error": "database_unavailable",
+            },
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = str(exc.detail)
+        if exc.status_code == 400 and "parsing the body" in detail:
+            detail = (
+                "the request body could not be read as JSON (malformed, or nested too deep); "
+                "send the job spec as JSON or YAML text"
+            )
+        return JSONResponse(
+            status_code=exc.status_code,
+            content={"detail": detail, "error": _HTTP_CODES.get(exc.status_code, "error")},
+            headers=exc.headers,
+        )
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(
             status_code=422, content={"detail": _validation_message(exc), "error": "invalid_input"}
         )
 
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.limits.max_request_bytes, exempt=("/v1/bundles",)
+    )
     app.include_router(health.router)
-    routers = (jobs, datasets, bundles, users, audit, courses)
+    routers = (jobs, datasets, url_roots, bundles, users, audit, courses)
     for module in routers:
         app.include_router(module.router, prefix="/v1")
     return app

@@ -30,6 +30,13 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
+def wake_dispatcher(request: Request) -> None:
+    """Run the dispatcher's next pass now (jobs were queued or cancelled)."""
+    dispatcher = getattr(request.app.state, "dispatcher", None)
+    if dispatcher is not None:
+        dispatcher.wake()
+
+
 def get_current_user(
     request: Request,
     session: SessionDep,

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from insitu.catalog import ArrayInfo
-from insitu.db.models import AuditEvent, Course, Dataset, Job, JobEvent, User
+from insitu.db.models import AuditEvent, Course, Dataset, Job, JobEvent, UrlRoot, User
 from insitu.services.egress import egress_of
 from insitu.services.quotas import parse_quota
 
@@ -165,9 +165,13 @@ class DatasetCreate(BaseModel):
     name: str = Field(description="Catalog name, e.g. 'ophys/session-001'.")
     url: str = Field(description="Where the Zarr store lives: s3://..., file://... or a path.")
     access: str = Field(
-        "private", description="Who may read it: 'public', 'private' or 'group:NAME'."
+        "private",
+        description="Who may read it: 'public', 'private', 'group:NAME' or 'course:NAME'.",
     )
     description: str | None = None
+    same_url_ok: bool = Field(
+        False, description="Register a URL that is in the catalog already, under another name."
+    )
 
 
 class GrantCreate(BaseModel):
@@ -274,6 +278,10 @@ class AuditEventPublic(BaseModel):
     outcome: str
     detail: str | None
     bytes: int | None
+    count: int = Field(
+        1, description="Refused requests folded into this row (same caller, action and hour)."
+    )
+    last_at: datetime | None = Field(None, description="When the last of them came.")
 
     @classmethod
     def of(cls, event: AuditEvent) -> AuditEventPublic:
@@ -285,6 +293,8 @@ class AuditEventPublic(BaseModel):
             outcome=event.outcome,
             detail=event.detail,
             bytes=event.bytes,
+            count=event.count or 1,
+            last_at=event.last_at,
         )
 
 
@@ -372,3 +382,35 @@ class CourseReport(BaseModel):
 class CourseClosed(BaseModel):
     course: CoursePublic
     tokens_revoked: int
+    jobs_cancelled: int = Field(0, description="Participants' unfinished jobs now cancelled.")
+
+
+class UrlRootCreate(BaseModel):
+    prefix: str = Field(description="A URL prefix, e.g. 's3://lab-bucket/course/' or a path.")
+    role: str | None = Field(None, description="The role it is allowed to, e.g. 'instructor'.")
+    user: str | None = Field(None, description="Or the one user it is allowed to.")
+
+
+class UrlRootPublic(BaseModel):
+    id: int
+    prefix: str
+    role: str | None
+    user: str | None
+    granted_by: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: UrlRoot) -> UrlRootPublic:
+        return cls(
+            id=row.id,
+            prefix=row.prefix,
+            role=row.role,
+            user=row.user.name if row.user else None,
+            granted_by=row.granted_by,
+            created_at=row.created_at,
+        )
+
+
+class UrlRootsPublic(BaseModel):
+    data: list[UrlRootPublic]
+    count: int

@@ -83,6 +83,10 @@ class LocalBackend(Backend):
         existing = self._children.get(request.job_id)
         if existing is not None and existing.poll() is None:
             return self._handle(request.job_id, existing.pid)
+        running = self._runner_of(request.job_id)
+        if running is not None:  # started before a restart that lost its handle: adopt it
+            log.warning("adopting job %s's runner (pid %d)", request.job_id, running)
+            return self._handle(request.job_id, running)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {
             **runner_environment(os.environ),
@@ -115,6 +119,21 @@ class LocalBackend(Backend):
                 raise BackendError(f"could not start the job's process: {exc}") from exc
         self._children[request.job_id] = process
         return self._handle(request.job_id, process.pid)
+
+    def _runner_of(self, job_id: str) -> int | None:
+        """The pid of a live runner of ``job_id`` that this server (its home) started."""
+        for process in psutil.process_iter(["pid", "cmdline", "environ", "status"]):
+            info: dict[str, Any] = process.info
+            if "insitu.runtime" not in (info.get("cmdline") or []):
+                continue
+            environ = info.get("environ") or {}
+            if (
+                environ.get("INSITU_SERVER_ID") == self.server_id
+                and environ.get("INSITU_JOB_ID") == job_id
+                and info.get("status") != psutil.STATUS_ZOMBIE
+            ):
+                return int(info["pid"])
+        return None
 
     def _handle(self, job_id: str, pid: int, *, pool: bool = False) -> JobHandle:
         try:

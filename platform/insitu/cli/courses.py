@@ -218,7 +218,7 @@ def close(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask first.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Close a course: revoke every participant's token; results and the audit log stay."""
+    """Close a course: revoke every participant's token and cancel their unfinished jobs."""
     confirm(f"Revoke the tokens of every participant of {name}?", yes)
     with connect() as client:
         result = client.close_course(name)
@@ -226,6 +226,7 @@ def close(
         output.print_json(result)
         return
     output.stdout().print(
-        f"closed {name}: {result['tokens_revoked']} token(s) revoked; jobs, results and the "
-        "audit log are kept"
+        f"closed {name}: {result['tokens_revoked']} token(s) revoked, "
+        f"{result.get('jobs_cancelled', 0)} unfinished job(s) cancelled; finished jobs, "
+        "results and the audit log are kept"
     )

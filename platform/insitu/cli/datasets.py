@@ -65,17 +65,27 @@ def register(
             "--access",
             "-a",
             help="Who may run jobs on it: public, private (you, admins and users you grant) "
-            "or group:NAME.",
+            "group:NAME or course:NAME.",
         ),
     ] = "private",
     description: Annotated[
         str | None, typer.Option("--description", "-d", help="A sentence for people.")
     ] = None,
+    same_url_ok: Annotated[
+        bool,
+        typer.Option("--same-url-ok", help="Register a URL the catalog has under another name."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Register a Zarr store under a catalog name; its arrays are read at once."""
+    """Register a Zarr store under a catalog name; its arrays are read at once.
+
+    Instructors register only under URL roots an admin allowed them
+    ('insitu datasets roots list').
+    """
     with connect() as client:
-        dataset = client.register_dataset(name, store_url(url), description, access=access)
+        dataset = client.register_dataset(
+            name, store_url(url), description, access=access, same_url_ok=same_url_ok
+        )
     if as_json:
         output.print_json(dataset)
         return
@@ -122,3 +132,66 @@ def grant(
         output.print_json(dataset)
     else:
         output.stdout().print(f"{user} may now read {dataset['name']} (access {dataset['access']})")
+
+
+roots_app = typer.Typer(
+    help="URL roots datasets may be registered under, per role or user (admins)."
+)
+app.add_typer(roots_app, name="roots")
+
+
+@roots_app.command("list")
+def list_roots(as_json: JsonOpt = False) -> None:
+    """Every allowed URL root and whom it is for."""
+    with connect() as client:
+        roots = client.url_roots()
+    if as_json:
+        output.print_json(roots)
+        return
+    if not roots:
+        output.stderr().print(
+            "no URL roots: only admins may register datasets; allow one with "
+            "'insitu datasets roots allow PREFIX --role instructor'"
+        )
+        return
+    for root in roots:
+        whom = f"role {root['role']}" if root["role"] else f"user {root['user']}"
+        output.stdout().print(f"{root['id']:>4}  {root['prefix']}  ({whom})")
+
+
+@roots_app.command("allow")
+def allow_root(
+    prefix: Annotated[
+        str,
+        typer.Argument(
+            help="A URL prefix (s3://bucket/prefix or a path).",
+            metavar="PREFIX",
+            show_default=False,
+        ),
+    ],
+    role: Annotated[
+        str | None, typer.Option("--role", help="The role it is for, e.g. instructor.")
+    ] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Or the one user it is for.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Let a role or one user register datasets under PREFIX."""
+    with connect() as client:
+        root = client.allow_url_root(store_url(prefix), role=role, user=user)
+    if as_json:
+        output.print_json(root)
+    else:
+        whom = f"role {root['role']}" if root["role"] else f"user {root['user']}"
+        output.stdout().print(f"{whom} may now register datasets under {root['prefix']}")
+
+
+@roots_app.command("remove")
+def remove_root(
+    root_id: Annotated[
+        int, typer.Argument(help="The root's id ('insitu datasets roots list').", metavar="ID")
+    ],
+) -> None:
+    """Withdraw a URL root; datasets registered under it stay."""
+    with connect() as client:
+        root = client.remove_url_root(root_id)
+    output.stdout().print(f"removed {root['prefix']}")

@@ -107,8 +107,13 @@ def server(
         f"put datasets in s3://{DATA_BUCKET}/ with the platform key in "
         f"{seaweed.directory / 'keys.json'}; results go to {settings.workspace_url}"
     )
-    try:
-        serve(settings, run_dispatcher=not no_dispatcher, log_level=log_level)
+    try:  # on SIGTERM uvicorn ends the process once shut down: no finally runs then
+        serve(
+            settings,
+            run_dispatcher=not no_dispatcher,
+            log_level=log_level,
+            on_shutdown=[seaweed.stop],
+        )
     finally:
         seaweed.stop()
 

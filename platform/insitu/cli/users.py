@@ -80,14 +80,24 @@ def revoke(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Disable a user and revoke their tokens; their jobs, results and audit entries stay."""
-    confirm(f"Revoke user {name} and all their tokens?", yes, "not revoked")
+    """Disable a user, revoke their tokens and cancel their unfinished jobs.
+
+    Their finished jobs, results and audit entries stay.
+    """
+    confirm(
+        f"Revoke user {name}, all their tokens, and cancel their unfinished jobs?",
+        yes,
+        "not revoked",
+    )
     with connect() as client:
         user = client.revoke_user(name)
     if as_json:
         output.print_json(user)
     else:
-        output.stdout().print(f"revoked {user['name']}: their tokens no longer work")
+        output.stdout().print(
+            f"revoked {user['name']}: their tokens no longer work and their unfinished jobs "
+            "are being cancelled"
+        )
 
 
 def whoami(as_json: JsonOpt = False) -> None:
@@ -111,7 +121,10 @@ def audit_table(events: Iterable[dict[str, Any]]) -> Table:
             event["user"] or "-",
             event["action"],
             event["target"] or "-",
-            Text(event["outcome"], style="red" if event["outcome"] == "denied" else "green"),
+            Text(
+                event["outcome"] + (f" x{event['count']}" if event.get("count", 1) > 1 else ""),
+                style="red" if event["outcome"] == "denied" else "green",
+            ),
             format_size(event["bytes"]) if event["bytes"] is not None else "-",
             event["detail"] or "",
         )

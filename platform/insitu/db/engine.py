@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,9 +11,31 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+CONNECT_TIMEOUT = 10  # seconds to reach PostgreSQL before a request gives up (503, retry)
+# SQLite's operational errors that pass (a lock, a file briefly missing); the rest, such as
+# "no such table", are faults of the server and stay errors.
+_SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot serve now (down, restarting, unreachable,
+    busy), so that the same request may succeed later, rather than that it is wrong."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if isinstance(exc.orig, sqlite3.Error):
+        message = str(exc.orig).lower()
+        return isinstance(exc, OperationalError) and any(m in message for m in _SQLITE_TRANSIENT)
+    return isinstance(exc, (OperationalError, InterfaceError))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -37,7 +60,14 @@ def make_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=50)
+    # A connection that died with its server (a restart, a failover) is noticed at checkout
+    # and replaced (pool_pre_ping); an unreachable server fails a request in seconds.
+    connect_args = (
+        {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT}
+    )
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=50, connect_args=connect_args
+    )
 
 
 def alembic_config(engine: Engine) -> Config:

@@ -239,3 +239,38 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(20), default="ok")
     detail: Mapped[str | None] = mapped_column(Text)
     bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # Refused requests are folded into one row per caller, action and window: how many
+    # there were and when the last came, so a flood cannot grow the table without bound.
+    count: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    last_at: Mapped[datetime | None]
+
+
+class BundleUpload(Base):
+    """Who uploaded which code bundle: a bundle is usable only by those who uploaded it."""
+
+    __tablename__ = "bundle_uploads"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UrlRoot(Base):
+    """A URL prefix under which a role, or one user, may register datasets (set by admins)."""
+
+    __tablename__ = "url_roots"
+    __table_args__ = (UniqueConstraint("prefix", "role", "user_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prefix: Mapped[str] = mapped_column(Text)
+    role: Mapped[str | None] = mapped_column(String(20))
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    granted_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    user: Mapped[User | None] = relationship()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from insitu.db.models import (
@@ -117,6 +117,46 @@ def add_audit(
     )
     session.add(event)
     return event
+
+
+def add_denial(
+    session: Session,
+    user: User | None,
+    action: str,
+    target: str,
+    detail: str,
+    *,
+    window: timedelta = timedelta(hours=1),
+) -> None:
+    """Record a refused request, folded into the caller's row for ``action`` in this window.
+
+    One row per caller (anonymous callers share one), action and window, counting the
+    refusals and keeping the first target and the latest reason: a flood of refused
+    requests adds rows at most once per window, however many requests it sends.
+    """
+    now = utcnow()
+    owner = AuditEvent.user_id.is_(None) if user is None else AuditEvent.user_id == user.id
+    row_id = session.scalar(
+        select(AuditEvent.id)
+        .where(
+            owner,
+            AuditEvent.action == action,
+            AuditEvent.outcome == "denied",
+            AuditEvent.at >= now - window,
+        )
+        .order_by(AuditEvent.id.desc())
+        .limit(1)
+    )
+    if row_id is None:
+        row = add_audit(session, user, action, target, outcome="denied", detail=detail)
+        row.count, row.last_at = 1, now
+        return
+    # One statement, so concurrent refusals never lose a count.
+    session.execute(
+        update(AuditEvent)
+        .where(AuditEvent.id == row_id)
+        .values(count=AuditEvent.count + 1, last_at=now, detail=detail)
+    )
 
 
 def list_audit(
@@ -251,6 +291,30 @@ def claim_active(session: Session, owner: str, now: datetime, lease_until: datet
     return jobs
 
 
+def unfinished_jobs_of(session: Session, owner_id: int) -> list[Job]:
+    """An owner's jobs that have not ended, locked for update."""
+    return list(
+        session.scalars(
+            select(Job)
+            .where(Job.owner_id == owner_id, Job.finished_at.is_(None))
+            .order_by(Job.created_at)
+            .with_for_update()
+        ).all()
+    )
+
+
+def count_queued_of(session: Session, owner_id: int) -> int:
+    """How many of an owner's jobs wait in the queue."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.owner_id == owner_id, Job.state == JobState.QUEUED.value)
+        )
+        or 0
+    )
+
+
 def count_active(session: Session) -> int:
     return (
         session.scalar(
@@ -300,16 +364,26 @@ def usage_by_owner(
     return {k: (int(v[0]), int(v[1]), float(v[2]), int(v[3])) for k, v in usage.items()}
 
 
-def queued_candidates(session: Session, limit: int) -> list[Job]:
+def queued_candidates(session: Session, limit: int, per_owner: int | None = None) -> list[Job]:
     """Lock up to ``limit`` queued jobs, oldest first, skipping rows others hold.
 
+    With ``per_owner``, each owner contributes at most that many of their oldest jobs,
+    so a deep backlog of one user never hides another user's job from admission.
     Their owners come in one more query (admission reads each owner's quota).
     """
+    queued = Job.state == JobState.QUEUED.value
+    query = select(Job).where(queued)
+    if per_owner is not None:
+        rank = (
+            func.row_number()
+            .over(partition_by=Job.owner_id, order_by=(Job.created_at, Job.id))
+            .label("rank")
+        )
+        ranked = select(Job.id, rank).where(queued).subquery()
+        query = query.where(Job.id.in_(select(ranked.c.id).where(ranked.c.rank <= per_owner)))
     return list(
         session.scalars(
-            select(Job)
-            .where(Job.state == JobState.QUEUED.value)
-            .order_by(Job.created_at, Job.id)
+            query.order_by(Job.created_at, Job.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
             .options(selectinload(Job.owner))

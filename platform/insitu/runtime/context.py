@@ -13,7 +13,7 @@ import zarr
 from insitu.catalog import ArrayInfo
 from insitu.errors import PermissionDenied
 from insitu.runtime.metering import CountingStore
-from insitu.storage import open_store
+from insitu.storage import job_retry_timeout, open_store
 
 log = logging.getLogger("insitu.analysis")
 
@@ -62,9 +62,12 @@ class RunContext:
                 f"open_array({path!r}): only arrays inside dataset {self.dataset!r} can be "
                 "opened, by a relative path such as 'labels/cells/0'"
             )
-        store = CountingStore(
-            open_store(self._dataset_url, storage_options=self._storage_options), self.job_id
+        opened = open_store(
+            self._dataset_url,
+            storage_options=self._storage_options,
+            retry_timeout=job_retry_timeout(),
         )
+        store = CountingStore(opened, self.job_id)
         try:
             array = zarr.open_array(store=store, path=str(relative), mode="r")
         except (FileNotFoundError, KeyError):

@@ -11,7 +11,7 @@ from dask.base import tokenize
 
 from insitu.catalog import ArrayInfo, chunk_boundaries
 from insitu.runtime import metering
-from insitu.storage import open_store
+from insitu.storage import job_retry_timeout, open_store
 
 
 class BlockReader:
@@ -42,7 +42,8 @@ def open_array(
     url: str, info: ArrayInfo, storage_options: dict[str, Any] | None = None, job: str = ""
 ) -> Any:
     """The zarr array behind ``info``, through a store that counts the bytes a job reads."""
-    store = metering.CountingStore(open_store(url, storage_options=storage_options), job)
+    opened = open_store(url, storage_options=storage_options, retry_timeout=job_retry_timeout())
+    store = metering.CountingStore(opened, job)
     return zarr.open_array(store=store, path=info.path, mode="r")
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import dask.array as da
 import numpy as np
 
 from insitu import __version__
@@ -41,6 +42,7 @@ from insitu.runtime.workspace import (
     Progress,
     ResultFile,
     Workspace,
+    WorkspaceFull,
 )
 from insitu.storage import through_gateway
 from insitu.units import format_size
@@ -48,6 +50,14 @@ from insitu.units import format_size
 log = logging.getLogger("insitu.runtime")
 PROGRESS_INTERVAL = 0.5
 ERROR_CHARS = 8192  # of an error text in the outcome; the server keeps even less
+DEFAULT_WORKER_MEMORY = 2 << 30  # a LocalCluster worker's memory when the spec names none
+
+
+class WorkerOutOfMemory(InsituError, MemoryError):
+    """Dask workers were killed for using more memory than their limit."""
+
+    status_code = 422
+    code = "out_of_memory"
 
 
 def import_entrypoint(entrypoint: str) -> Any:
@@ -191,7 +201,7 @@ def start_cluster(
         LocalCluster(
             n_workers=int(resources.get("workers", 1)),
             threads_per_worker=int(resources.get("threads_per_worker", 1)),
-            memory_limit=int(resources.get("memory_per_worker", 2 << 30)),
+            memory_limit=int(resources.get("memory_per_worker", DEFAULT_WORKER_MEMORY)),
             processes=job.worker_processes,
             dashboard_address=":0",  # a free port: jobs never clash on 8787
             silence_logs=logging.WARNING,
@@ -203,10 +213,11 @@ def start_cluster(
 def _compute(returned: dict[str, Any], cap: int) -> dict[str, Any]:
     """Compute the lazy results together, refusing arrays known to exceed the cap first."""
     lazy = {k: v for k, v in returned.items() if dask.is_dask_collection(v)}
+    # Only dask arrays: a Delayed answers any attribute, ``shape`` included, lazily.
     known = sum(
         int(math.prod(v.shape)) * v.dtype.itemsize
         for v in lazy.values()
-        if hasattr(v, "shape") and hasattr(v, "dtype") and not any(map(math.isnan, v.shape))
+        if isinstance(v, da.Array) and not any(map(math.isnan, v.shape))
     )
     limit, source = result_cap(cap)
     if known > limit:
@@ -215,6 +226,45 @@ def _compute(returned: dict[str, Any], cap: int) -> dict[str, Any]:
         values = dask.compute(*lazy.values())
         returned = {**returned, **dict(zip(lazy, values, strict=True))}
     return returned
+
+
+def _killed_workers(
+    exc: BaseException, client: Any, job: JobInput, since: float
+) -> InsituError | None:
+    """What to say when Dask gave up on a task because its workers kept dying.
+
+    The nanny restarts a worker that goes over its memory limit and logs an event on the
+    scheduler; without such an event the workers died of something else.
+    """
+    from distributed.scheduler import KilledWorker
+
+    if not isinstance(exc, KilledWorker):
+        return None
+    limit = int(job.spec.get("resources", {}).get("memory_per_worker", DEFAULT_WORKER_MEMORY))
+    now = format_size(limit)
+    for size, unit in ((1 << 30, "GiB"), (1 << 20, "MiB")):  # as the spec may have said it
+        if limit and limit % size == 0:
+            now = f"{limit // size}{unit} = {now}"
+            break
+    setting = f"resources.memory_per_worker (now {now})"
+    events: list[dict[str, Any]] = []
+    with contextlib.suppress(Exception):
+        events = [
+            event
+            for when, event in client.get_events("worker-restart-memory")
+            if when >= since and isinstance(event, dict)
+        ]
+    if events:
+        peak = max(int(event.get("rss") or 0) for event in events)
+        return WorkerOutOfMemory(
+            f"a Dask worker ran out of memory: raise {setting} or hold less in memory at "
+            f"once (smaller blocks, fewer threads per worker). A worker reached "
+            f"{format_size(peak)} and was restarted {len(events)} time(s), then Dask gave up"
+        )
+    return BackendError(
+        f"Dask workers died {exc.allowed_failures + 1} times running the same task, then Dask "
+        f"gave up; if they were killed for memory, raise {setting}. The job's log may say why"
+    )
 
 
 def _short(text: str, limit: int = ERROR_CHARS) -> str:
@@ -306,6 +356,7 @@ def run_job(
             )
             timings["open_s"] = time.perf_counter() - cluster_up
             analysis_start = time.perf_counter()
+            analysis_wall_start = time.time()
             try:
                 returned = function(data, context=context, **context.params)
                 if not isinstance(returned, dict):
@@ -318,6 +369,9 @@ def run_job(
                 raise
             except Exception as exc:
                 log.error("the analysis raised:\n%s", traceback.format_exc())
+                killed = _killed_workers(exc, client, job, analysis_wall_start)
+                if killed is not None:
+                    raise killed from exc
                 raise AnalysisFailed(
                     f"the analysis raised {type(exc).__name__}: {exc}{_user_frame(exc)}"
                 ) from exc
@@ -349,6 +403,9 @@ def run_job(
         except InsituError as exc:
             outcome.error, outcome.error_kind = _short(exc.message), exc.code
             log.error("job failed: %s", exc.message)
+            if isinstance(exc, WorkspaceFull):  # room for the outcome; none will be served
+                with contextlib.suppress(Exception):
+                    workspace.remove_results()
         except Exception as exc:
             log.error("internal error:\n%s", traceback.format_exc())
             outcome.error = _short(f"insitu's runtime failed: {type(exc).__name__}: {exc}")
@@ -376,7 +433,14 @@ def run_job(
 
 def finish(workspace: Workspace, outcome: Outcome, chunks_total: int) -> None:
     """Write the outcome, then say so in ``status.json``; the server ends the job on that."""
-    workspace.write_model(OUTCOME_FILE, outcome)
+    try:
+        workspace.write_model(OUTCOME_FILE, outcome)
+    except WorkspaceFull as exc:  # results written since take the room: the job fails
+        log.error("%s", exc.message)
+        workspace.remove_results()
+        outcome.ok, outcome.results = False, []
+        outcome.error, outcome.error_kind = _short(exc.message), exc.code
+        workspace.write_model(OUTCOME_FILE, outcome)
     workspace.write_model(
         STATUS_FILE,
         Progress(

@@ -10,7 +10,10 @@ it ran.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import shutil
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -18,7 +21,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from insitu.catalog import ArrayInfo
+from insitu.errors import InsituError
 from insitu.storage import filesystem
+from insitu.units import format_size
 
 JOB_FILE = "job.json"
 CODE_FILE = "code.tar.gz"
@@ -89,6 +94,16 @@ class Outcome(BaseModel):
     environment: dict[str, str] = Field(default_factory=dict)
 
 
+class WorkspaceFull(InsituError, OSError):
+    """The disk that holds a job's workspace has no space left."""
+
+    status_code = 507
+    code = "disk_full"
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 class Workspace:
     """Read and write the files of one job's workspace."""
 
@@ -112,10 +127,29 @@ class Workspace:
             self.fs.pipe_file(path, data)
             return
         parent = path.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-        self.fs.pipe_file(tmp, data)
-        self.fs.mv(tmp, path)
+        try:
+            self.fs.makedirs(parent, exist_ok=True)
+            self.fs.pipe_file(tmp, data)
+            self.fs.mv(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # a partial file would keep the disk full
+                self.fs.rm_file(tmp)
+            if exc.errno in _FULL:
+                raise self._full(name, len(data)) from exc
+            raise
+
+    def _full(self, name: str, size: int) -> WorkspaceFull:
+        """The error for a write of ``size`` bytes to ``name`` that found the disk full."""
+        free = ""
+        with contextlib.suppress(OSError):
+            usage = shutil.disk_usage(self.root)
+            free = f", {format_size(usage.free)} free of {format_size(usage.total)}"
+        return WorkspaceFull(
+            f"the disk of the job's workspace is full: no space left to write {name} "
+            f"({format_size(size)}) in {self.root}{free}. The server's operator must free "
+            "space there; then run the job again"
+        )
 
     def read_bytes(self, name: str) -> bytes | None:
         """A file's bytes, or None if it does not exist."""
@@ -164,6 +198,11 @@ class Workspace:
     def open(self, name: str, mode: str = "rb") -> Any:
         """An open file object."""
         return self.fs.open(self.path(name), mode)
+
+    def remove_results(self) -> None:
+        """Delete what the job wrote under ``results/`` (e.g. to make room on a full disk)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self.path(RESULTS_DIR), recursive=True)
 
     def remove(self) -> None:
         """Delete the whole workspace."""

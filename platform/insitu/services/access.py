@@ -1,8 +1,10 @@
 """Who may do what: roles, dataset access rules, and job ownership, in one place.
 
 A dataset's access rule is ``public`` (every user), ``private`` (its owner, admins
-and users granted it) or ``group:NAME`` (members of the group, plus grants). Jobs
-and their results belong to their owner; admins see everything.
+and users granted it), ``group:NAME`` (members of the group, plus grants) or
+``course:NAME`` (the participants of a course, plus grants). Course groups live in
+their own namespace, so no course can be named into an existing group. Jobs and
+their results belong to their owner; admins see everything.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from insitu.db.models import Dataset, Job, User
 from insitu.errors import InvalidInput, PermissionDenied
 from insitu.services.auth import Role
 
-PUBLIC, PRIVATE, GROUP_PREFIX = "public", "private", "group:"
+PUBLIC, PRIVATE, GROUP_PREFIX, COURSE_PREFIX = "public", "private", "group:", "course:"
 _GROUP_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 #: Roles that may register datasets and grant access to their own.
 CURATORS = (Role.ADMIN, Role.INSTRUCTOR)
@@ -36,15 +38,21 @@ def check_group_name(name: str) -> str:
     return name
 
 
+def course_group(course_name: str) -> str:
+    """The group a course's participants belong to (never a plain group's name)."""
+    return COURSE_PREFIX + course_name
+
+
 def parse_access(rule: str) -> str:
-    """Normalise an access rule: ``public``, ``private`` or ``group:NAME``."""
+    """Normalise an access rule: ``public``, ``private``, ``group:NAME`` or ``course:NAME``."""
     rule = rule.strip()
     if rule in (PUBLIC, PRIVATE):
         return rule
-    if rule.startswith(GROUP_PREFIX):
-        return GROUP_PREFIX + check_group_name(rule.removeprefix(GROUP_PREFIX))
+    for prefix in (GROUP_PREFIX, COURSE_PREFIX):
+        if rule.startswith(prefix):
+            return prefix + check_group_name(rule.removeprefix(prefix))
     raise InvalidInput(
-        f"access rule {rule!r} is not known; use 'public', 'private' or 'group:NAME'"
+        f"access rule {rule!r} is not known; use 'public', 'private', 'group:NAME' or 'course:NAME'"
     )
 
 
@@ -59,6 +67,8 @@ def allowed_by_rule(user: User, dataset: Dataset) -> bool:
     """Whether the dataset's owner, access rule or the user's role lets ``user`` read it."""
     if is_admin(user) or dataset.owner_id == user.id or dataset.access == PUBLIC:
         return True
+    if dataset.access.startswith(COURSE_PREFIX):
+        return dataset.access in user.groups
     group = dataset.access.removeprefix(GROUP_PREFIX)
     return dataset.access.startswith(GROUP_PREFIX) and group in user.groups
 
@@ -73,11 +83,11 @@ def require_read(session: Session, user: User, dataset: Dataset) -> None:
     if can_read(session, user, dataset):
         return
     owner = dataset.owner.name if dataset.owner else "an admin"
-    how = (
-        f"it is shared with group {dataset.access.removeprefix(GROUP_PREFIX)!r}"
-        if dataset.access.startswith(GROUP_PREFIX)
-        else "it is private"
-    )
+    how = "it is private"
+    if dataset.access.startswith(GROUP_PREFIX):
+        how = f"it is shared with group {dataset.access.removeprefix(GROUP_PREFIX)!r}"
+    elif dataset.access.startswith(COURSE_PREFIX):
+        how = f"it is shared with course {dataset.access.removeprefix(COURSE_PREFIX)!r}"
     raise PermissionDenied(
         f"you ({user.name!r}) may not read dataset {dataset.name!r}: {how}; ask {owner} "
         f"to run 'insitu datasets grant {dataset.name} {user.name}'"

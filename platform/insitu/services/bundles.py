@@ -1,13 +1,21 @@
-"""Code bundles uploaded with jobs, stored once by their SHA-256."""
+"""Code bundles uploaded with jobs: stored once by their SHA-256, usable by their uploaders.
+
+The bytes are kept once per digest; who may use them is recorded per uploader, so
+knowing another user's digest neither runs their code nor tells whether it exists.
+"""
 
 from __future__ import annotations
 
 import re
 
+from sqlalchemy.orm import Session
+
 from insitu.config import Settings
+from insitu.db.models import BundleUpload, User
 from insitu.errors import InvalidInput, NotFound
 from insitu.runtime import bundle
 from insitu.runtime.workspace import Workspace
+from insitu.services import access
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -19,23 +27,35 @@ class BundleStore:
         self.settings = settings
         self.store = Workspace((settings.home / "bundles").as_uri())
 
-    def put(self, data: bytes) -> tuple[str, int]:
-        """Check and keep a bundle; return its digest and size."""
+    def put(self, session: Session, owner: User, data: bytes) -> tuple[str, int]:
+        """Check and keep a bundle for ``owner`` (commits); return its digest and size.
+
+        Checking reads the whole archive: call it off the event loop.
+        """
+        limits = self.settings.limits
         bundle.check(
             data,
-            max_bytes=self.settings.limits.max_code_bundle_bytes,
-            max_unpacked_bytes=self.settings.limits.max_code_bundle_unpacked_bytes,
+            max_bytes=limits.max_code_bundle_bytes,
+            max_unpacked_bytes=limits.max_code_bundle_unpacked_bytes,
+            max_members=limits.max_code_bundle_files,
         )
         digest = bundle.digest(data)
         if self.store.size(f"{digest}.tar.gz") is None:
             self.store.write_bytes(f"{digest}.tar.gz", data)
+        if session.get(BundleUpload, (digest, owner.id)) is None:
+            session.add(BundleUpload(digest=digest, user_id=owner.id, size=len(data)))
+            session.commit()
         return digest, len(data)
 
-    def get(self, digest: str) -> bytes:
-        """A stored bundle's bytes."""
+    def get(self, session: Session, user: User, digest: str) -> bytes:
+        """A bundle ``user`` uploaded (admins: any stored bundle)."""
         if not _DIGEST_RE.match(digest):
             raise InvalidInput(f"code bundle id {digest!r} is not a SHA-256 hex digest")
-        data = self.store.read_bytes(f"{digest}.tar.gz")
-        if data is None:
-            raise NotFound(f"code bundle {digest[:12]} was not uploaded; upload it first")
+        mine = session.get(BundleUpload, (digest, user.id)) is not None
+        data = self.store.read_bytes(f"{digest}.tar.gz") if mine or access.is_admin(user) else None
+        if data is None:  # the same answer whether it exists for someone else or not at all
+            raise NotFound(
+                f"you have not uploaded code bundle {digest[:12]}; upload it first "
+                "('insitu submit SPEC --code DIR' does both)"
+            )
         return data

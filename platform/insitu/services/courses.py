@@ -2,8 +2,9 @@
 
 Creating a course makes one participant per roster row (role participant, a first
 token), grants them the course's datasets, gives them the course's quota and end date,
-and puts them in a group named after the course. Instructors manage their own courses,
-admins every course. Closing a course revokes the participants' tokens; their jobs,
+and puts them in the course's group (``course:NAME``, apart from ordinary groups).
+Instructors manage their own courses, admins every course. Closing a course revokes
+the participants' tokens and cancels their unfinished jobs; their finished jobs,
 results and the audit log stay.
 """
 
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 from insitu.db import queries
 from insitu.db.models import Course, GroupMember, Job, User, utcnow
 from insitu.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from insitu.services import access
+from insitu.services import access, jobs
 from insitu.services.auth import Role, create_user
 from insitu.services.quotas import parse_quota
 from insitu.states import JobState
@@ -98,7 +99,7 @@ def _enroll(
     for row in rows:
         user, token = create_user(session, username_for(row), Role.PARTICIPANT, email=row.email)
         user.course_id, user.quota, user.expires_at = course.id, course.quota, course.expires_at
-        user.memberships.append(GroupMember(group=course.name))
+        user.memberships.append(GroupMember(group=access.course_group(course.name)))
         for dataset in datasets:
             queries.grant(session, dataset, user, by.name)
         created.append((user, token))
@@ -226,19 +227,29 @@ def report(session: Session, by: User, name: str) -> tuple[Course, list[dict[str
     return course, rows
 
 
-def close(session: Session, by: User, name: str) -> tuple[Course, int]:
-    """Revoke every participant's tokens (commits); results and the audit log stay."""
+def close(session: Session, by: User, name: str) -> tuple[Course, int, int]:
+    """Revoke every participant's tokens and cancel their unfinished jobs (commits).
+
+    Finished jobs, results and the audit log stay.
+    """
     course = course_named(session, name)
     _require_manager(by, course, f"close {name!r}")
     if course.closed_at is not None:
         raise Conflict(f"course {name!r} was closed already")
-    revoked = 0
+    revoked = cancelled = 0
     now = utcnow()
     for person in participants(session, course):
         if person.disabled_at is None:
             person.disabled_at = now
         revoked += queries.revoke_tokens(session, person)
+        cancelled += jobs.cancel_all_of(session, person, f"course {name} was closed by {by.name}")
     course.closed_at = now
-    queries.add_audit(session, by, "course.close", name, detail=f"{revoked} token(s) revoked")
+    queries.add_audit(
+        session,
+        by,
+        "course.close",
+        name,
+        detail=f"{revoked} token(s) revoked, {cancelled} unfinished job(s) cancelled",
+    )
     session.commit()
-    return course, revoked
+    return course, revoked, cancelled

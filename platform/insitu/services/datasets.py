@@ -11,7 +11,7 @@ from insitu.catalog import DatasetInfo, inspect_store
 from insitu.db import queries
 from insitu.db.models import Dataset, User
 from insitu.errors import Conflict, InvalidInput, NotFound
-from insitu.services import access
+from insitu.services import access, url_roots
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
 
@@ -25,8 +25,14 @@ def register(
     access_rule: str = access.PRIVATE,
     description: str | None = None,
     storage_options: dict[str, Any] | None = None,
+    same_url_ok: bool = False,
 ) -> Dataset:
-    """Inspect the store at ``url`` and add it to the catalog as ``name`` (commits)."""
+    """Inspect the store at ``url`` and add it to the catalog as ``name`` (commits).
+
+    The URL must lie under a root an admin allowed the caller (checked before the store
+    is touched, so the answer tells nothing about what lies outside), and may be in the
+    catalog only once unless ``same_url_ok``.
+    """
     access.require_role(owner, access.CURATORS, "register datasets")
     rule = access.parse_access(access_rule)
     if not _NAME_RE.match(name) or len(name) > 200:
@@ -40,7 +46,15 @@ def register(
         pass
     else:
         raise Conflict(f"dataset {name!r} is already registered")
-    info = inspect_store(url, storage_options)
+    target = url_roots.require_allowed(session, owner, url)
+    if not same_url_ok:
+        for other in queries.list_datasets(session):
+            if url_roots.canonical(other.url) == target:
+                raise Conflict(
+                    f"{target} is registered already, as dataset {other.name!r}; register it "
+                    "again only on purpose (same_url_ok, or --same-url-ok on the command line)"
+                )
+    info = inspect_store(target, storage_options)
     dataset = Dataset(
         name=name,
         url=info.url,

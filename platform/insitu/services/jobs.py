@@ -16,7 +16,7 @@ from insitu.catalog import resolve_selection
 from insitu.config import Settings
 from insitu.db import queries
 from insitu.db.models import Job, User
-from insitu.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from insitu.errors import Conflict, InvalidInput, LimitReached, NotFound, PermissionDenied
 from insitu.runtime.workspace import CODE_FILE, JOB_FILE, JobInput
 from insitu.services import access, quotas
 from insitu.services.auth import Role
@@ -62,6 +62,17 @@ def check_resources(spec: JobSpec, settings: Settings) -> None:
         raise InvalidInput("the job asks for more than this server allows: " + "; ".join(problems))
 
 
+def check_queue_room(session: Session, settings: Settings, owner: User) -> None:
+    """Refuse a submit past the per-user queue limit, saying how many wait (429)."""
+    limit = settings.limits.max_queued_jobs_per_user
+    queued = queries.count_queued_of(session, owner.id)
+    if queued >= limit:
+        raise LimitReached(
+            f"you have {queued} jobs waiting in the queue, the most one user may have "
+            f"({limit}); wait for some to start, or cancel some ('insitu list --state queued')"
+        )
+
+
 def check_local_trust(spec: JobSpec, settings: Settings, owner: User, has_code: bool) -> None:
     """On the local backend, only admins run their own code; others, installed analyses.
 
@@ -101,6 +112,7 @@ def submit(
     """Validate a spec against the catalog (and its image against the backend); queue it."""
     spec = load_spec(raw_spec)
     check_resources(spec, settings)
+    check_queue_room(session, settings, owner)
     usage = quotas.Usage()
     if owner.quota:  # only quotas need the owner's usage: spare every other submit 3 queries
         usage = quotas.Usage(*queries.usage_by_owner(session, [owner.id]).get(owner.id, ()))
@@ -111,7 +123,7 @@ def submit(
     info = info_of(dataset)
     array = info.array(spec.array, dataset=f"dataset {dataset.name!r}")
     ranges = resolve_selection(array, spec.select, dataset=f"dataset {dataset.name!r}")
-    bundle_bytes = BundleStore(settings).get(code_bundle) if code_bundle else None
+    bundle_bytes = BundleStore(settings).get(session, owner, code_bundle) if code_bundle else None
     if backend is not None:
         backend.check_image(spec.analysis.image)
 
@@ -206,6 +218,21 @@ def cancel(session: Session, user: User, job_id: str) -> Job:
     queries.add_audit(session, user, "job.cancel", job_id, detail=f"was {state.value}")
     session.commit()
     return job
+
+
+def cancel_all_of(session: Session, owner: User, why: str) -> int:
+    """Cancel every unfinished job of ``owner`` (not committed); return how many.
+
+    Queued jobs end at once; the dispatcher stops admitted and running ones.
+    """
+    count = 0
+    for job in queries.unfinished_jobs_of(session, owner.id):
+        if job.state == JobState.QUEUED.value:
+            queries.transition(session, job, JobState.CANCELLED, f"cancelled while queued: {why}")
+        elif job.target != JobState.CANCELLED.value:
+            job.target, job.reason = JobState.CANCELLED.value, f"cancel requested: {why}"
+        count += 1
+    return count
 
 
 def result_file(job: Job, filename: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from insitu.db import queries
 from insitu.db.models import GroupMember, User, utcnow
 from insitu.errors import Conflict, InvalidInput
-from insitu.services import access
+from insitu.services import access, jobs
 from insitu.services.auth import Role, create_user
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
@@ -52,7 +52,10 @@ def add(
 
 
 def revoke(session: Session, by: User, name: str) -> User:
-    """Disable a user and revoke all their tokens (commits); their jobs and results stay."""
+    """Disable a user, revoke all their tokens and cancel their unfinished jobs (commits).
+
+    Their finished jobs, results and the audit log stay.
+    """
     access.require_role(by, (Role.ADMIN,), "revoke users")
     user = queries.user_named(session, name)
     if user.id == by.id:
@@ -61,7 +64,14 @@ def revoke(session: Session, by: User, name: str) -> User:
         raise Conflict(f"user {name!r} was already revoked")
     user.disabled_at = utcnow()
     count = queries.revoke_tokens(session, user)
-    queries.add_audit(session, by, "user.revoke", name, detail=f"{count} token(s) revoked")
+    cancelled = jobs.cancel_all_of(session, user, f"{name} was revoked by {by.name}")
+    queries.add_audit(
+        session,
+        by,
+        "user.revoke",
+        name,
+        detail=f"{count} token(s) revoked, {cancelled} unfinished job(s) cancelled",
+    )
     session.commit()
     return user
 

@@ -24,6 +24,8 @@ ERROR_KINDS = {
     "store_unreachable",
     "invalid_input",
     "backend_error",
+    "out_of_memory",
+    "disk_full",
     "internal",
     "error",
 }

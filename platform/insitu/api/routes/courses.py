@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
-from insitu.api.deps import CurrentUser, SessionDep
+from insitu.api.deps import CurrentUser, SessionDep, wake_dispatcher
 from insitu.api.schemas import (
     CourseClosed,
     CourseCreate,
@@ -75,8 +75,14 @@ def course_report(name: str, session: SessionDep, user: CurrentUser) -> CourseRe
 
 
 @router.post("/{name}/close", response_model=CourseClosed)
-def close_course(name: str, session: SessionDep, user: CurrentUser) -> CourseClosed:
-    """Revoke every participant's tokens; jobs, results and the audit log stay."""
-    course, revoked = courses.close(session, user, name)
+def close_course(
+    name: str, request: Request, session: SessionDep, user: CurrentUser
+) -> CourseClosed:
+    """Revoke every participant's tokens and cancel their unfinished jobs; finished jobs,
+    results and the audit log stay."""
+    course, revoked, cancelled = courses.close(session, user, name)
+    wake_dispatcher(request)
     count = len(courses.participants(session, course))
-    return CourseClosed(course=CoursePublic.of(course, count), tokens_revoked=revoked)
+    return CourseClosed(
+        course=CoursePublic.of(course, count), tokens_revoked=revoked, jobs_cancelled=cancelled
+    )

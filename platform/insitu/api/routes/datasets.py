@@ -25,6 +25,7 @@ def register_dataset(
         access_rule=body.access,
         description=body.description,
         storage_options=objectstore.platform_options(settings, body.url),
+        same_url_ok=body.same_url_ok,
     )
     return DatasetPublic.of(dataset)
 

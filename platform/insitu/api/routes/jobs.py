@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from insitu import objectstore
-from insitu.api.deps import CurrentUser, SessionDep, SettingsDep
+from insitu.api.deps import CurrentUser, SessionDep, SettingsDep, wake_dispatcher
 from insitu.api.schemas import (
     JobCreate,
     JobEventPublic,
@@ -30,12 +30,6 @@ from insitu.states import JobState
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-def _wake_dispatcher(request: Request) -> None:
-    dispatcher = getattr(request.app.state, "dispatcher", None)
-    if dispatcher is not None:
-        dispatcher.wake()
-
-
 @router.post("", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
 def submit_job(
     body: JobCreate, request: Request, session: SessionDep, settings: SettingsDep, user: CurrentUser
@@ -44,7 +38,7 @@ def submit_job(
     job = jobs.submit(
         session, settings, user, body.spec, body.code_bundle, backend=request.app.state.backend
     )
-    _wake_dispatcher(request)
+    wake_dispatcher(request)
     return JobPublic.of(job)
 
 
@@ -75,7 +69,7 @@ def get_job(job_id: str, session: SessionDep, user: CurrentUser) -> JobPublic:
 def cancel_job(job_id: str, request: Request, session: SessionDep, user: CurrentUser) -> JobPublic:
     """Cancel a queued or running job."""
     job = jobs.cancel(session, user, job_id)
-    _wake_dispatcher(request)
+    wake_dispatcher(request)
     return JobPublic.of(job)
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
-from insitu.api.deps import CurrentUser, SessionDep
+from insitu.api.deps import CurrentUser, SessionDep, wake_dispatcher
 from insitu.api.schemas import UserCreate, UserCreated, UserPublic, UsersPublic
 from insitu.services import users
 
@@ -34,6 +34,9 @@ def who_am_i(user: CurrentUser) -> UserPublic:
 
 
 @router.post("/{name}/revoke", response_model=UserPublic)
-def revoke_user(name: str, session: SessionDep, user: CurrentUser) -> UserPublic:
-    """Disable a user and revoke their tokens; their jobs and results stay (admins)."""
-    return UserPublic.of(users.revoke(session, user, name))
+def revoke_user(name: str, request: Request, session: SessionDep, user: CurrentUser) -> UserPublic:
+    """Disable a user, revoke their tokens and cancel their unfinished jobs (admins);
+    their finished jobs and results stay."""
+    revoked = users.revoke(session, user, name)
+    wake_dispatcher(request)
+    return UserPublic.of(revoked)
