@@ -67,7 +67,10 @@ def serve(
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
     )
     server = _Server(config, app, on_shutdown)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # Ctrl-C (SIGINT, re-raised by uvicorn once shut down): a clean exit
+        pass
     if not server.started:
         sys.exit(STARTUP_FAILURE)  # as uvicorn.run does; the reason is logged
 

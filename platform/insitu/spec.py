@@ -210,7 +210,10 @@ def _parse_text(source: str | bytes) -> Any:
             f"job spec is {len(source):,} bytes, over the limit of {MAX_SPEC_BYTES:,}; "
             "pass large inputs as a dataset or a code bundle, not as params"
         )
-    loader = _SpecLoader(source)
+    try:
+        loader = _SpecLoader(source)  # its reader refuses control characters at once
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"job spec is not valid YAML or JSON: {exc}") from None
     try:
         return loader.get_single_data()
     except yaml.YAMLError as exc:

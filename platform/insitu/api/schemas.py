@@ -414,3 +414,29 @@ class UrlRootPublic(BaseModel):
 class UrlRootsPublic(BaseModel):
     data: list[UrlRootPublic]
     count: int
+
+
+class ErrorPublic(BaseModel):
+    """Every refusal and failure: a sentence to act on, and a stable code for scripts."""
+
+    detail: str = Field(description="What was wrong and how to fix it.")
+    error: str = Field(description="A stable code, e.g. invalid_input, forbidden, too_large.")
+
+
+_ERROR_MEANINGS = {
+    400: "The request could not be read (malformed JSON, a bad query).",
+    401: "No API token, or one that is unknown or revoked.",
+    403: "The caller may not do this.",
+    404: "The named job, dataset, result or user does not exist (for the caller).",
+    409: "The request clashes with the current state.",
+    413: "The request body is larger than the server accepts.",
+    422: "Something in the request is invalid; the detail says what.",
+    429: "A limit that frees itself was reached (e.g. queued jobs).",
+    503: "The server cannot serve now (database or backend); retry after Retry-After.",
+    507: "The workspace's disk is full.",
+}
+#: The error answers every route may give, declared in the OpenAPI document.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorPublic, "description": meaning}
+    for code, meaning in _ERROR_MEANINGS.items()
+}

@@ -37,7 +37,7 @@ def job_log_path(settings: Settings, job_id: str) -> Path:
 
 def read_log(path: Path, offset: int) -> tuple[bytes, int]:
     """Log bytes of ``path`` from ``offset`` on, and the offset to ask for next."""
-    if not path.exists():
+    if not path.exists() or offset >= path.stat().st_size:
         return b"", offset
     with open(path, "rb") as log:
         log.seek(offset)

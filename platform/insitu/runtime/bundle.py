@@ -16,12 +16,16 @@ _SKIP_DIRS = {"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache", ".
 
 
 def pack(directory: Path) -> bytes:
-    """Pack a directory of code into a gzipped tar, skipping caches and VCS folders."""
+    """Pack a directory of code into a gzipped tar, skipping caches and VCS folders.
+
+    The same files give the same bytes (the gzip header carries no time), so packing
+    unchanged code again gives the same digest.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise InvalidInput(f"code directory {directory} does not exist or is not a directory")
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path in sorted(directory.rglob("*")):
             relative = path.relative_to(directory)
             if any(part in _SKIP_DIRS for part in relative.parts) or path.suffix == ".pyc":
@@ -29,7 +33,7 @@ def pack(directory: Path) -> bytes:
             if path.is_symlink() or not (path.is_file() or path.is_dir()):
                 continue
             tar.add(path, arcname=relative.as_posix(), recursive=False)
-    return buffer.getvalue()
+    return gzip.compress(buffer.getvalue(), mtime=0)
 
 
 def digest(data: bytes) -> str:

@@ -28,6 +28,7 @@ from insitu.services.auth import Role
 from insitu.states import JobState
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+MAX_OFFSET = 2**53  # past any list or log; larger numbers overflow the database's integers
 
 
 @router.post("", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
@@ -49,7 +50,7 @@ def list_jobs(
     state: Annotated[list[JobState] | None, Query(description="Only jobs in these states.")] = None,
     all_users: Annotated[bool, Query(description="Admins: every user's jobs.")] = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobsPublic:
     """Your jobs, newest first."""
     owner = None if (all_users and user.role == Role.ADMIN.value) else user.id
@@ -87,7 +88,7 @@ async def job_logs(
     request: Request,
     session: SessionDep,
     user: CurrentUser,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> LogChunk:
     """The job's log from a byte offset; poll with ``next_offset`` to follow it."""
     job = jobs.visible_job(session, user, job_id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
 
 from insitu.api.deps import CurrentUser, SessionDep
 from insitu.api.schemas import UrlRootCreate, UrlRootPublic, UrlRootsPublic
@@ -26,6 +28,8 @@ def allow_url_root(body: UrlRootCreate, session: SessionDep, user: CurrentUser) 
 
 
 @router.delete("/{root_id}", response_model=UrlRootPublic)
-def remove_url_root(root_id: int, session: SessionDep, user: CurrentUser) -> UrlRootPublic:
+def remove_url_root(
+    root_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep, user: CurrentUser
+) -> UrlRootPublic:
     """Withdraw a URL root (admins); datasets registered under it stay."""
     return UrlRootPublic.of(url_roots.remove(session, user, root_id))
