@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # checkov (the Terraform scan) has its own tool venv: its pins clash with the project's.
 CHECKOV_VENV := $(VENV)/tools/checkov
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ test: lint $(CHECKOV_VENV)/bin/checkov
 ## bench: every benchmark (about 25 min; root for the network namespaces); writes docs/benchmarks.*
 bench: $(VENV)/.test-installed
 	$(BIN)/python tests/benchmarks/run_all.py
+
+## fuzz: the API fuzzer with a long budget (every route and role, SQLite and PostgreSQL); figures in .bench/fuzz.json
+FUZZ_EXAMPLES ?= 300
+fuzz: $(VENV)/.test-installed
+	rm -f .bench/fuzz.json
+	INSITU_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) INSITU_FUZZ_REPORT=.bench/fuzz.json \
+		$(BIN)/pytest tests/test_fuzz_api.py -s -q --no-header --tb=no --timeout=0
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .bench

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
 import threading
@@ -67,10 +68,9 @@ def serve(
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
     )
     server = _Server(config, app, on_shutdown)
-    try:
+    # Ctrl-C: uvicorn re-raises SIGINT once shut down; that is a clean exit, not an error.
+    with contextlib.suppress(KeyboardInterrupt):
         server.run()
-    except KeyboardInterrupt:  # Ctrl-C (SIGINT, re-raised by uvicorn once shut down): a clean exit
-        pass
     if not server.started:
         sys.exit(STARTUP_FAILURE)  # as uvicorn.run does; the reason is logged
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -136,6 +136,15 @@ def create_app(
 
     @app.exception_handler(DBAPIError)
     async def database_unavailable(request: Request, exc: DBAPIError) -> JSONResponse:
+        if isinstance(exc, DataError):  # a value PostgreSQL cannot store: the caller's to fix
+            return JSONResponse(
+                status_code=422,
+                content={
+                    "detail": "the request holds a value the database cannot store (a NUL "
+                    "character in a text, or a number out of range); remove it and retry",
+                    "error": "invalid_input",
+                },
+            )
         if not unavailable(exc):
             raise exc  # a fault of the server, not of the moment: a plain 500
         now = time.monotonic()
@@ -158,7 +167,7 @@ def create_app(
         if exc.status_code == 400 and "parsing the body" in detail:
             detail = (
                 "the request body could not be read as JSON (malformed, or nested too deep); "
-                "send the job spec as JSON or YAML text"
+                "send a JSON object as the API's documentation at /docs shows"
             )
         return JSONResponse(
             status_code=exc.status_code,

@@ -24,7 +24,21 @@ def _keep(db: Database, settings: Settings, user_id: int, data: bytes) -> tuple[
         return BundleStore(settings).put(session, user, data)
 
 
-@router.post("", response_model=BundlePublic, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    response_model=BundlePublic,
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "The code as a .tar.gz ('insitu submit --code DIR' packs it); "
+            "any Content-Type is read as bytes.",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
 async def upload_bundle(request: Request, settings: SettingsDep, user: CurrentUser) -> BundlePublic:
     """Upload a .tar.gz of code (the request body); returns its id, the SHA-256.
 

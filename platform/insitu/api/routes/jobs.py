@@ -122,7 +122,25 @@ def list_results(job_id: str, session: SessionDep, user: CurrentUser) -> Results
     return ResultsPublic(data=rows, count=len(rows))
 
 
-@router.get("/{job_id}/results/{filename}", response_class=StreamingResponse, response_model=None)
+_RESULT_FILE = {
+    200: {
+        "description": "The file's bytes: .npy, .parquet, .json or .png.",
+        "content": {
+            media: {"schema": {"type": "string", "format": "binary"}}
+            for media in ("application/x-npy", "application/vnd.apache.parquet", "image/png")
+        }
+        | {"application/json": {}},
+    },
+    307: {"description": "With redirect=true: a short-lived presigned URL in Location."},
+}
+
+
+@router.get(
+    "/{job_id}/results/{filename}",
+    response_class=StreamingResponse,
+    response_model=None,
+    responses=_RESULT_FILE,  # type: ignore[arg-type]
+)
 def download_result(
     job_id: str,
     filename: str,
