@@ -575,3 +575,31 @@ def test_only_a_database_that_cannot_serve_now_counts_as_unavailable(tmp_path: P
     assert unavailable(down.value)
     assert not unavailable(IntegrityError("INSERT", {}, Exception("duplicate key")))
     assert not unavailable(ValueError("not a database error"))
+
+
+def test_a_server_started_while_its_database_is_down_says_so_in_one_line(tmp_path: Path) -> None:
+    """No traceback: the database's address (without a password), why, and what to do."""
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        "INSITU_HOME": str(tmp_path / "home"),
+        "INSITU_DATABASE_URL": f"postgresql+psycopg://insitu:s3cret@127.0.0.1:{port}/insitu",
+        "PATH": str(Path(sys.executable).parent),
+    }
+    started = subprocess.run(
+        [str(Path(sys.executable).parent / "insitu"), "server"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = started.stdout + started.stderr
+    assert started.returncode != 0
+    assert (
+        f"cannot reach the database at postgresql+psycopg://insitu:***@127.0.0.1:{port}" in output
+    )
+    assert "INSITU_DATABASE_URL" in output and "Traceback" not in output and "s3cret" not in output

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import httpx
 import typer
+from sqlalchemy.engine import make_url
 
 from insitu import __version__
 from insitu.cli import output
@@ -89,7 +90,8 @@ def server(
     url = f"http://{settings.server.host}:{settings.server.port}"
     where = url if settings.server.port else f"{settings.server.host}, on a free port"
     err.print(f"insitu {__version__} on {where} (backend {settings.backend})")
-    err.print(f"home: {settings.home}   database: {settings.resolved_database_url}")
+    database = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+    err.print(f"home: {settings.home}   database: {database}")  # never the password in a log
     err.print(
         f"admin token: {settings.admin_token_path} (written on first start; "
         "clients on this machine read it from there, others set INSITU_TOKEN)"

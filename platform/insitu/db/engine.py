@@ -16,7 +16,17 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
+from insitu.errors import BackendError
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class DatabaseUnavailable(BackendError):
+    """The job database cannot be reached (down, restarting, or a wrong URL)."""
+
+    code = "database_unavailable"
+
+
 CONNECT_TIMEOUT = 10  # seconds to reach PostgreSQL before a request gives up (503, retry)
 # SQLite's operational errors that pass (a lock, a file briefly missing); the rest, such as
 # "no such table", are faults of the server and stay errors.
@@ -92,8 +102,17 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def migrate(self) -> None:
-        """Create or upgrade the schema."""
-        migrate(self.engine)
+        """Create or upgrade the schema; a database that cannot be reached says so plainly."""
+        try:
+            migrate(self.engine)
+        except DBAPIError as exc:
+            if not unavailable(exc):
+                raise
+            where = make_url(self.url).render_as_string(hide_password=True)
+            raise DatabaseUnavailable(
+                f"cannot reach the database at {where} ({str(exc.orig).strip().splitlines()[0]}); "
+                "start it, or point INSITU_DATABASE_URL at one that runs, then try again"
+            ) from None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
