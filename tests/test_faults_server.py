@@ -510,15 +510,18 @@ def test_the_dispatcher_outlives_a_database_that_is_down(
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("finished_meanwhile", [False, True], ids=["running", "finished"])
 def test_a_runner_started_before_a_restart_is_adopted_not_started_again(
     settings: Settings,
     tmp_path: Path,
     movie: tuple[Path, np.ndarray],
     monkeypatch: pytest.MonkeyPatch,
+    finished_meanwhile: bool,
 ) -> None:
     """The first server starts a job's runner and dies before storing its handle (here:
-    storing it fails until the server stops); the next server must adopt that runner,
-    not start the analysis a second time."""
+    storing it fails until the server stops); the next server must adopt that runner
+    (still running, or finished while no server was up), not start the analysis a
+    second time."""
     from insitu.server import BackgroundServer
 
     folder = tmp_path / "runs"
@@ -536,9 +539,15 @@ def test_a_runner_started_before_a_restart_is_adopted_not_started_again(
         with Client(first.url, token) as client:
             client.register_dataset(DATASET, str(movie[0]))
             bundle = client.upload_code(write_analysis(tmp_path / "code"))
-            job_id = client.submit(counted(folder, 4.0), bundle=bundle)["id"]
+            job_id = client.submit(
+                counted(folder, 0.2 if finished_meanwhile else 4.0), bundle=bundle
+            )["id"]
             wait_for(lambda: runs(folder, job_id), timeout=60)
             assert client.job(job_id)["state"] == "admitted"
+            if finished_meanwhile:
+                outcome = Path(settings.resolved_workspace_url.removeprefix("file://"))
+                wait_for(lambda: (outcome / job_id / "outcome.json").exists(), timeout=60)
+                wait_for(lambda: not job_processes([job_id]), timeout=60)  # runner gone
         first.stop()
         monkeypatch.undo()
         second = BackgroundServer(settings).start()
