@@ -13,7 +13,7 @@ from insitu.config import Settings
 from insitu.db import queries
 from insitu.db.engine import Database
 from insitu.db.models import ApiToken, User
-from insitu.errors import AuthenticationFailed, Conflict
+from insitu.errors import AuthenticationFailed, Conflict, InvalidInput
 
 __all__ = ["AuthenticationFailed", "Role", "authenticate", "bootstrap_admin", "create_user"]
 
@@ -27,6 +27,15 @@ class Role(str, Enum):
     INSTRUCTOR = "instructor"
     RESEARCHER = "researcher"
     PARTICIPANT = "participant"
+
+
+def parse_role(value: str) -> Role:
+    """A role by name, or :class:`InvalidInput` listing the roles."""
+    try:
+        return Role(value.strip().lower())
+    except ValueError:
+        roles = ", ".join(r.value for r in Role)
+        raise InvalidInput(f"role {value!r} is not known; use one of {roles}") from None
 
 
 def hash_token(token: str) -> str:

@@ -208,13 +208,7 @@ def cancel(session: Session, user: User, job_id: str) -> Job:
     state = JobState(job.state)
     if state.terminal:
         raise Conflict(f"job {job_id} already ended ({state.value}); there is nothing to cancel")
-    if state == JobState.QUEUED:
-        queries.transition(
-            session, job, JobState.CANCELLED, f"cancelled by {user.name} while queued"
-        )
-    else:
-        job.target = JobState.CANCELLED.value
-        job.reason = f"cancel requested by {user.name}"
+    _cancel(session, job, f"by {user.name}")
     queries.add_audit(session, user, "job.cancel", job_id, detail=f"was {state.value}")
     session.commit()
     return job
@@ -225,14 +219,18 @@ def cancel_all_of(session: Session, owner: User, why: str) -> int:
 
     Queued jobs end at once; the dispatcher stops admitted and running ones.
     """
-    count = 0
-    for job in queries.unfinished_jobs_of(session, owner.id):
-        if job.state == JobState.QUEUED.value:
-            queries.transition(session, job, JobState.CANCELLED, f"cancelled while queued: {why}")
-        elif job.target != JobState.CANCELLED.value:
-            job.target, job.reason = JobState.CANCELLED.value, f"cancel requested: {why}"
-        count += 1
-    return count
+    unfinished = queries.unfinished_jobs_of(session, owner.id)
+    for job in unfinished:
+        _cancel(session, job, f"because {why}")
+    return len(unfinished)
+
+
+def _cancel(session: Session, job: Job, why: str) -> None:
+    """End a queued job now; ask the dispatcher to stop any other (not committed)."""
+    if job.state == JobState.QUEUED.value:
+        queries.transition(session, job, JobState.CANCELLED, f"cancelled {why} while queued")
+    else:
+        job.target, job.reason = JobState.CANCELLED.value, f"cancel requested {why}"
 
 
 def result_file(job: Job, filename: str) -> dict[str, Any]:

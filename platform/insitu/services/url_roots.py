@@ -20,7 +20,7 @@ from insitu.db import queries
 from insitu.db.models import UrlRoot, User
 from insitu.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from insitu.services import access
-from insitu.services.auth import Role
+from insitu.services.auth import Role, parse_role
 from insitu.storage import normalize_url
 
 
@@ -82,9 +82,7 @@ def allow(
         raise InvalidInput("name either a role or a user the URL root is for, not both")
     user = queries.user_named(session, user_name) if user_name is not None else None
     if role is not None:
-        role = Role(role).value if role in {r.value for r in Role} else None
-        if role is None:
-            raise InvalidInput("role must be one of " + ", ".join(r.value for r in Role))
+        role = parse_role(role).value
     root = canonical(prefix)
     exists = select(UrlRoot).where(
         UrlRoot.prefix == root,

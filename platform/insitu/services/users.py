@@ -11,18 +11,9 @@ from insitu.db import queries
 from insitu.db.models import GroupMember, User, utcnow
 from insitu.errors import Conflict, InvalidInput
 from insitu.services import access, jobs
-from insitu.services.auth import Role, create_user
+from insitu.services.auth import Role, create_user, parse_role
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
-
-
-def parse_role(value: str) -> Role:
-    """A role by name, or :class:`InvalidInput` listing the roles."""
-    try:
-        return Role(value.strip().lower())
-    except ValueError:
-        roles = ", ".join(r.value for r in Role)
-        raise InvalidInput(f"role {value!r} is not known; use one of {roles}") from None
 
 
 def add(
