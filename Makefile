@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # checkov (the Terraform scan) has its own tool venv: its pins clash with the project's.
 CHECKOV_VENV := $(VENV)/tools/checkov
 
-.PHONY: demo test lint bench fuzz clean
+.PHONY: demo test lint bench bench-large fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ test: lint $(CHECKOV_VENV)/bin/checkov
 ## bench: every benchmark (about 25 min; root for the network namespaces); writes docs/benchmarks.*
 bench: $(VENV)/.test-installed
 	$(BIN)/python tests/benchmarks/run_all.py
+
+## bench-large: the users' scale, run once and recorded: a 52 GB 2p session and a 107 GB EM
+## volume in a local SeaweedFS kept under .bench/large (about 40 GB of disk; the data is
+## written once, in about 20 min, then reused); writes docs/benchmarks-large.png and the key
+## `large` of docs/benchmarks.json
+bench-large: $(VENV)/.test-installed
+	$(BIN)/python tests/benchmarks/bench_large.py --record
 
 ## fuzz: the API fuzzer with a long budget (every route and role, SQLite and PostgreSQL); figures in .bench/fuzz.json
 FUZZ_EXAMPLES ?= 300

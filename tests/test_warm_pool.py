@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,11 @@ EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "ophys")
 MEAN = "ophys_analyses.projection:mean_projection"
 
 
-@pytest.fixture
-def pool_client(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, movie: tuple[Path, np.ndarray]
+@contextmanager
+def warm_server(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, dataset_url: str
 ) -> Iterator[tuple[Client, Settings]]:
+    """A server with a warm pool of 2 workers and the movie registered as ``pool/movie``."""
     # The pool's processes import installed analyses: put the example on their path.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([EXAMPLE, os.environ.get("PYTHONPATH", "")]))
     warm = settings.model_copy(
@@ -37,12 +39,20 @@ def pool_client(
     server = BackgroundServer(warm).start()
     try:
         with Client(server.url, warm.admin_token_path.read_text().strip()) as api:
-            api.register_dataset("pool/movie", str(movie[0]), access="public")
+            api.register_dataset("pool/movie", dataset_url, access="public")
             wait_for(lambda: (warm.home / "pool" / "scheduler").exists(), 60, 0.1)
             wait_for(lambda: (warm.home / "pool" / "zygote.sock").exists(), 60, 0.1)
             yield api, warm
     finally:
         server.stop()
+
+
+@pytest.fixture
+def pool_client(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, movie: tuple[Path, np.ndarray]
+) -> Iterator[tuple[Client, Settings]]:
+    with warm_server(settings, monkeypatch, str(movie[0])) as (api, warm):
+        yield api, warm
     assert not [
         p
         for p in psutil.process_iter(["cmdline"])
@@ -110,3 +120,28 @@ def test_a_warm_job_starts_fast_and_cancel_spares_the_pool(
     assert all(psutil.pid_exists(pid) for pid in pool_pids)
     after = _submit(api)
     assert api.wait(after, timeout=60)["state"] == "succeeded"
+
+
+@pytest.mark.s3
+def test_warm_workers_read_s3_data_with_the_jobs_key(
+    s3_settings: Settings,
+    s3_movie: tuple[str, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pool's workers start without any key; the job's key travels with its store."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    with warm_server(s3_settings, monkeypatch, s3_movie[0]) as (api, warm):
+        pool = [
+            p
+            for p in psutil.process_iter(["cmdline", "environ"])
+            if str(warm.home / "pool") in (p.info.get("cmdline") or [])
+        ]
+        assert pool and not any("AWS_ACCESS_KEY_ID" in (p.info["environ"] or {}) for p in pool)
+        job = _submit(api)
+        done = api.wait(job, timeout=60)
+        assert done["state"] == "succeeded", done["error"]
+        assert "a warm-pool runner" in api.log_text(job)
+        expected = s3_movie[1].astype(np.float64).mean(axis=0)
+        np.testing.assert_allclose(api.result(job, "mean"), expected, rtol=1e-6)
+        assert done["bytes_scanned"] > 0

@@ -21,10 +21,24 @@ Seconds = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class ServerSettings(BaseModel):
-    """Where the API listens."""
+    """Where the API listens, and how much of it runs at once."""
 
     host: str = Field("127.0.0.1", description="Interface the API binds to.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port of the API.")
+    threads: int = Field(
+        12,
+        ge=1,
+        description="Worker threads of one API process for requests' database work; its "
+        "connection pool keeps as many connections (plus the dispatcher's). More threads "
+        "than this only wait for the interpreter's lock (profiled in docs/profile-api.md).",
+    )
+    processes: int = Field(
+        1,
+        ge=1,
+        description="Processes serving the API on the one port (PostgreSQL only): the first "
+        "also runs the dispatcher and the warm pool, the others serve requests only, so a "
+        "busy API uses more than one core.",
+    )
 
 
 class LimitSettings(BaseModel):
@@ -109,6 +123,27 @@ class StorageSettings(BaseModel):
         3600.0, description="Lifetime of a job's scoped credentials (at least 15 min on AWS)."
     )
     presign_expiry: Seconds = Field(300.0, description="How long a result download URL works.")
+
+
+class ReaderSettings(BaseModel):
+    """How jobs read their selection: the size of a Dask task and the decoder behind it."""
+
+    block_bytes: ByteSize = Field(
+        parse_size("128MiB"),
+        ge=1,
+        description="Target decoded size of one read block (one Dask task): whole chunks "
+        "(or shards) are grouped up to it, so an array of millions of small chunks does not "
+        "flood the scheduler. Capped per job by its workers' memory.",
+    )
+    engine: Literal["auto", "zarrs", "zarr"] = Field(
+        "auto",
+        description="Codec pipeline that decodes chunks: 'zarrs' (Rust, parallel), 'zarr' "
+        "(zarr-python's default) or 'auto' (zarrs where it is installed, else zarr). zarrs "
+        "decodes only where every byte still passes the job's byte count; elsewhere zarr does.",
+    )
+    concurrency: int = Field(
+        32, ge=1, description="Chunks of one block fetched from the store at once."
+    )
 
 
 class LocalBackendSettings(BaseModel):
@@ -291,10 +326,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the job database; default is SQLite under home. "
         "Use postgresql+psycopg://... in production.",
     )
-    backend: Literal["local", "docker", "kubernetes"] = Field(
+    backend: Literal["local", "docker", "kubernetes", "noop"] = Field(
         "local",
         description="Execution backend: 'local' (processes on this machine), 'docker' "
-        "(each job in containers from its image) or 'kubernetes' (a DaskJob per job).",
+        "(each job in containers from its image) or 'kubernetes' (a DaskJob per job); "
+        "'noop' (benchmarks and tests only) ends every job at once, having run nothing.",
     )
     workspace_url: str | None = Field(
         None,
@@ -310,6 +346,7 @@ class Settings(BaseSettings):
     docker: DockerBackendSettings = Field(default_factory=DockerBackendSettings)
     kubernetes: KubernetesBackendSettings = Field(default_factory=KubernetesBackendSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    reader: ReaderSettings = Field(default_factory=ReaderSettings)
 
     @field_validator("home")
     @classmethod

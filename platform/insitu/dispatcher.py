@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -34,8 +35,9 @@ from insitu.db import queries
 from insitu.db.engine import Database, unavailable
 from insitu.db.models import Course, Job, User, utcnow
 from insitu.errors import BackendBusy
-from insitu.runtime.workspace import Progress
+from insitu.runtime.workspace import Progress, WorkspaceFull
 from insitu.services import fairshare, quotas
+from insitu.services.jobs import write_inputs
 from insitu.spec import Resources
 from insitu.states import JobState
 from insitu.trusted import report, settle
@@ -78,6 +80,7 @@ class Dispatcher:
         self.owner = settings.dispatcher.id
         self.issuer = make_issuer(settings)
         self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop run() runs on
         self._stopping = False
         # Launch requests of admitted jobs the backend will start shortly (no new credentials).
         self._waiting: dict[str, LaunchRequest] = {}
@@ -88,12 +91,28 @@ class Dispatcher:
         self._database_down = False
 
     def wake(self) -> None:
-        """Run the next pass now (a job was submitted or cancelled)."""
-        self._wake.set()
+        """Run the next pass now (a job was submitted or cancelled); from any thread."""
+        self._set_soon(self._wake.set)
+
+    def _set_soon(self, call: Callable[[], None]) -> None:
+        """``call`` on the dispatcher's loop: an asyncio event is not thread-safe."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            call()
+            return
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is loop:
+            call()
+        else:
+            loop.call_soon_threadsafe(call)
 
     async def run(self) -> None:
         """Reconcile until :meth:`stop`; survives errors in a pass (a database that is down
         or restarting included: jobs wait, as they are, until it is back)."""
+        self._loop = asyncio.get_running_loop()
         while not self._stopping:
             try:
                 if not self._cleaned_up:
@@ -116,7 +135,7 @@ class Dispatcher:
 
     def stop(self) -> None:
         self._stopping = True
-        self._wake.set()
+        self._set_soon(self._wake.set)
 
     async def _startup(self) -> None:
         live = await asyncio.to_thread(self._live_ids)
@@ -203,10 +222,12 @@ class Dispatcher:
     # -- backend steps ----------------------------------------------------------------------
 
     def _launch_request(self, job: Job) -> LaunchRequest:
-        """What the backend needs to start ``job``, read in one session."""
+        """What the backend needs to start ``job``, read in one session; its inputs written
+        to its workspace (here, not at submit: a submit touches no object store)."""
         with self.db.session() as session:
             stored = queries.job_by_id(session, job.id)
             dataset_url, tenant = stored.dataset.url, tenant_of(session, stored.owner)
+        write_inputs(stored, self.settings)  # its record and its dataset's, loaded above
         # The runner's store access: scoped keys, the endpoint, no more.
         credentials = self.issuer.issue(job.id, dataset_url, job.workspace)
         env = credentials.env() if credentials else {}
@@ -237,6 +258,16 @@ class Dispatcher:
         except BackendBusy:  # stays admitted; the next pass asks again with the same request
             assert request is not None
             self._waiting[job.id] = request
+            return
+        except WorkspaceFull as exc:  # its inputs did not fit in its workspace
+            await asyncio.to_thread(
+                self._apply,
+                job.id,
+                JobState.FAILED,
+                exc.message,
+                error=exc.message,
+                error_kind=exc.code,
+            )
             return
         except Exception as exc:
             log.exception("could not start job %s", job.id)

@@ -1,23 +1,28 @@
-"""Run the API (and, by default, the dispatcher) with uvicorn."""
+"""Run the API (and, by default, the dispatcher) with uvicorn, in one process or several."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from multiprocessing.context import SpawnProcess
+from multiprocessing.synchronize import Event
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy.engine import make_url
 from uvicorn.config import STARTUP_FAILURE
 
 from insitu.api.app import create_app
 from insitu.config import Settings
+from insitu.errors import InvalidInput
 
 # Seconds requests in flight get to finish after SIGTERM before they are cut off: a client
 # that stops reading a download must not keep the server from stopping.
@@ -58,8 +63,19 @@ def serve(
     on_shutdown: Sequence[Callable[[], None]] = (),
 ) -> None:
     """Serve the API in the foreground until interrupted (then exit within seconds);
-    ``on_shutdown`` stops what the caller started next to it (an embedded object store)."""
-    app = create_app(settings, run_dispatcher=run_dispatcher)
+    ``on_shutdown`` stops what the caller started next to it (an embedded object store).
+
+    With ``server.processes`` above one, this process (the dispatcher's, if it runs one)
+    and that many less one API replicas accept requests on the same socket.
+    """
+    replicas = settings.server.processes - 1
+    if replicas and make_url(settings.resolved_database_url).get_backend_name() != "postgresql":
+        raise InvalidInput(
+            f"INSITU_SERVER__PROCESSES={settings.server.processes} needs PostgreSQL (SQLite "
+            "writes from one process at a time); set INSITU_DATABASE_URL to a PostgreSQL "
+            "database, or serve from one process"
+        )
+    app = create_app(settings, run_dispatcher=run_dispatcher)  # migrated before any replica
     config = uvicorn.Config(
         app,
         host=settings.server.host,
@@ -67,12 +83,68 @@ def serve(
         log_level=log_level,
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
     )
-    server = _Server(config, app, on_shutdown)
+    sockets, cleanups = None, list(on_shutdown)
+    if replicas:
+        sockets = [config.bind_socket()]
+        cleanups.append(_start_replicas(app, settings, log_level, sockets[0], replicas))
+    server = _Server(config, app, cleanups)
     # Ctrl-C: uvicorn re-raises SIGINT once shut down; that is a clean exit, not an error.
     with contextlib.suppress(KeyboardInterrupt):
-        server.run()
+        server.run(sockets=sockets)
     if not server.started:
         sys.exit(STARTUP_FAILURE)  # as uvicorn.run does; the reason is logged
+
+
+def _start_replicas(
+    app: FastAPI, settings: Settings, log_level: str, listening: socket.socket, count: int
+) -> Callable[[], None]:
+    """Start ``count`` API replicas on ``listening``; return what stops them. Their submits
+    and cancels wake this process's dispatcher through one shared event."""
+    spawn = multiprocessing.get_context("spawn")
+    wake = spawn.Event()
+    processes = [
+        spawn.Process(
+            target=_replica,
+            args=(settings, log_level, listening, wake),
+            name=f"insitu-api-{i + 1}",
+        )
+        for i in range(count)
+    ]
+    for process in processes:
+        process.start()
+
+    def relay() -> None:
+        while True:
+            wake.wait()
+            wake.clear()
+            if app.state.dispatcher is not None:
+                app.state.dispatcher.wake()
+
+    threading.Thread(target=relay, name="insitu-wake-relay", daemon=True).start()
+    return lambda: _stop(processes)
+
+
+def _stop(processes: list[SpawnProcess]) -> None:
+    """Stop the replicas as uvicorn stops: SIGTERM, a grace period, then SIGKILL."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(SHUTDOWN_GRACE + 5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def _replica(settings: Settings, log_level: str, listening: socket.socket, wake: Event) -> None:
+    """One API replica: requests only; the dispatcher, the backend's warm pool and its
+    infrastructure are the first process's (its health says no warm pool)."""
+    settings.local = settings.local.model_copy(update={"warm_pool_workers": 0})
+    settings.docker = settings.docker.model_copy(update={"warm_pool_size": 0})
+    app = create_app(settings, run_dispatcher=False)
+    app.state.wake = wake.set
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=SHUTDOWN_GRACE)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run(sockets=[listening])
 
 
 class BackgroundServer:

@@ -151,6 +151,24 @@ def obstore_config(storage_options: dict[str, Any] | None) -> dict[str, Any] | N
     return config
 
 
+def with_environment_key(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """``storage_options`` with this process' AWS key written in, for an ``s3://`` URL.
+
+    A store opened here is pickled to the job's workers; options that name the key carry
+    it along, so workers that were started without it in their environment (the local
+    backend's shared warm pool) read with the job's key rather than none.
+    """
+    options = dict(storage_options or {})
+    if not normalize_url(url).startswith("s3://") or options.get("key") or options.get("anon"):
+        return options
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        options |= {"key": key, "secret": secret}
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            options["token"] = os.environ["AWS_SESSION_TOKEN"]
+    return options
+
+
 def _profile_only() -> bool:
     """True when credentials can only come from an AWS profile, which obstore cannot read."""
     if os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_WEB_IDENTITY_TOKEN_FILE"):

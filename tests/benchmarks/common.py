@@ -306,6 +306,15 @@ def machine() -> dict[str, Any]:
     }
 
 
+def goals_markdown(goals: list[dict[str, Any]]) -> list[str]:
+    """A benchmark's goals as Markdown table lines: goal, target, measured, met."""
+    lines = ["| goal | target | measured | met |", "|---|---:|---:|---|"]
+    for goal in goals:
+        met = "**yes**" if goal["met"] else "**no**"
+        lines.append(f"| {goal['goal']} | {goal['target']} | {goal['measured']} | {met} |")
+    return lines
+
+
 def publish(key: str, result: dict[str, Any], record_it: bool) -> None:
     """Print a benchmark's result as JSON and, if asked, record it."""
     print(json.dumps(result, indent=2))

@@ -19,9 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import bench_before_after
+import bench_blocks
+import bench_codecs
 import bench_course_load
+import bench_dask_gateway
 import bench_docker
 import bench_gateway
+import bench_large
 import bench_proximal
 import bench_readers
 import bench_scan
@@ -36,13 +40,18 @@ HERE = Path(__file__).resolve().parent
 BEFORE_FIX = "09525c2"
 BENCHMARKS: list[tuple[str, Any, list[str]]] = [
     ("zarr_reader_s3", bench_readers, []),
+    ("zarr_codecs", bench_codecs, []),
     ("store_gateway", bench_gateway, []),
     ("scan", bench_scan, []),
     ("before_after", bench_before_after, ["--before", BEFORE_FIX]),
     ("data_proximal", bench_proximal, []),
     ("docker_backend", bench_docker, []),
     ("course_load", bench_course_load, []),
+    ("blocks", bench_blocks, []),
+    ("dask_gateway_peer", bench_dask_gateway, []),
 ]
+#: Recorded by their own make target (``make bench-large``), reported here.
+RECORDED_APART: list[tuple[str, Any]] = [("large", bench_large)]
 INTRO = """# Benchmarks
 
 What insitu costs and what it saves, measured on this project's 2-core machine. Every
@@ -56,10 +65,15 @@ below is in [`profile.md`](profile.md).
 """
 
 
+def _reported() -> list[tuple[str, Any]]:
+    """Every benchmark whose figures the docs report, in the order they are shown."""
+    return [(key, module) for key, module, _ in BENCHMARKS] + RECORDED_APART
+
+
 def goals_table(document: dict[str, Any]) -> str:
     """Every goal of the brief that a benchmark holds itself against, met or not."""
     rows = ["| goal | target | measured | met |", "|---|---:|---:|---|"]
-    for key, _, _ in BENCHMARKS:
+    for key, _ in _reported():
         for goal in document.get(key, {}).get("goals", []):
             verdict = "**yes**" if goal["met"] else "**no** (see below)"
             rows.append(f"| {goal['goal']} | {goal['target']} | {goal['measured']} | {verdict} |")
@@ -257,9 +271,11 @@ def plot_proximal(result: dict[str, Any], path: Path) -> None:
 def write_docs(document: dict[str, Any], docs: Path = common.DOCS) -> None:
     """benchmarks.md and the PNGs in ``docs`` from the recorded figures."""
     sections = [INTRO, "## The brief's goals", "", goals_table(document), "", causes(document), ""]
-    for key, module, _ in BENCHMARKS:
+    for key, module in _reported():
         if key in document:
             sections += [module.report(document[key]), ""]
+    if "large" in document:
+        bench_large.plot(document["large"], docs / "benchmarks-large.png")
     if "scan" in document:
         plot_scan(document["scan"], docs / "benchmarks-scan.png")
     if "data_proximal" in document:

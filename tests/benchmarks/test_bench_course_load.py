@@ -18,20 +18,25 @@ pytestmark = [pytest.mark.benchmark, pytest.mark.slow, pytest.mark.timeout(300)]
     [
         "sqlite",
         pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("postgres-noop", marks=pytest.mark.postgres),
         pytest.param("docker", marks=[pytest.mark.postgres, pytest.mark.docker, pytest.mark.s3]),
     ],
 )
 def test_the_course_load_test_runs_and_loses_nothing(
     tmp_path: Path, kind: str, request: pytest.FixtureRequest
 ) -> None:
-    if kind in ("postgres", "docker"):
+    if kind in ("postgres", "postgres-noop", "docker"):
         request.getfixturevalue("postgres_admin_url")  # skip, or fail under INSITU_REQUIRE
     if kind == "docker":
         require_seaweedfs()
         dockerlab.engine()
         dockerlab.debian_base()
-    result = bench_course_load.run(tmp_path, participants=4, jobs=2, slots=4, kinds=[kind])
+    processes = 2 if kind == "postgres-noop" else 1  # API replicas beside the dispatcher's
+    result = bench_course_load.run(
+        tmp_path, participants=4, jobs=2, slots=4, kinds=[kind], processes=processes
+    )
     figures = result["figures"][kind]
+    assert figures["api_processes"] == processes
     assert figures["submitted"] == figures["distinct_ids"] == figures["in_database"] == 8
     assert figures["succeeded"] == 8 and figures["ran_more_than_once"] == 0
     assert figures["errors"] == []

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -83,13 +85,16 @@ def create_app(
 ) -> FastAPI:
     """The insitu API; with ``run_dispatcher`` it also runs jobs in the same process."""
     settings.ensure_home()
-    database = db or Database(settings.resolved_database_url)
+    # A connection for each API thread and each of asyncio's (the dispatcher's steps).
+    connections = settings.server.threads + min(32, (os.cpu_count() or 1) + 4)
+    database = db or Database(settings.resolved_database_url, connections)
     database.migrate()
     bootstrap_admin(database, settings)
     job_backend = backend or make_backend(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.server.threads
         task = None
         if run_dispatcher:
             app.state.dispatcher = Dispatcher(settings, database, job_backend)

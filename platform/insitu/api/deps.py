@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from insitu.config import Settings
 from insitu.db.models import User
 from insitu.services import auth
 
 _bearer = HTTPBearer(auto_error=False, description="An insitu API token.")
+T = TypeVar("T")
+Work = Callable[[Session, User], T]
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -21,7 +26,7 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -31,10 +36,20 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def wake_dispatcher(request: Request) -> None:
-    """Run the dispatcher's next pass now (jobs were queued or cancelled)."""
+    """Run the dispatcher's next pass now (jobs were queued or cancelled), in this process
+    or, from an API replica, in the process that runs it (insitu.server)."""
     dispatcher = getattr(request.app.state, "dispatcher", None)
     if dispatcher is not None:
         dispatcher.wake()
+    elif (wake := getattr(request.app.state, "wake", None)) is not None:
+        wake()
+
+
+def authenticate(request: Request, session: Session, token: str | None) -> User:
+    """The caller of ``request``, remembered on it for the audit log."""
+    user = auth.authenticate(session, token)
+    request.state.user_id, request.state.user_name = user.id, user.name
+    return user
 
 
 def get_current_user(
@@ -42,9 +57,51 @@ def get_current_user(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
-    user = auth.authenticate(session, credentials.credentials if credentials else None)
-    request.state.user_id, request.state.user_name = user.id, user.name  # for the audit log
-    return user
+    return authenticate(request, session, credentials.credentials if credentials else None)
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A request's caller, authenticated where its unit of work runs.
+
+    The busiest routes (jobs) use this instead of :data:`SessionDep` and
+    :data:`CurrentUser`: the session, the authentication, the work and the JSON of the
+    answer all run in one trip to a worker thread, where sync dependencies would take a
+    trip each (profiled under a course's load, see docs/profile-api.md).
+    """
+
+    request: Request
+    token: str | None
+
+    def _run(self, work: Work[T], read_only: bool) -> T:
+        with self.request.app.state.db.session(read_only=read_only) as session:
+            return work(session, authenticate(self.request, session, self.token))
+
+    async def run(self, work: Work[T], *, read_only: bool = False) -> T:
+        """``work(session, user)`` in a session of its own, on a worker thread;
+        ``read_only`` work writes nothing, and runs outside a transaction."""
+        return await run_in_threadpool(self._run, work, read_only)
+
+    async def answer(
+        self, work: Work[BaseModel], status_code: int = 200, *, read_only: bool = False
+    ) -> Response:
+        """The model ``work`` returns, as the JSON answer (encoded on the worker thread)."""
+
+        def encoded(session: Session, user: User) -> bytes:
+            return work(session, user).model_dump_json(by_alias=True).encode()
+
+        body = await self.run(encoded, read_only=read_only)
+        return Response(body, status_code=status_code, media_type="application/json")
+
+
+async def get_caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    return Caller(request, credentials.credentials if credentials else None)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -22,4 +22,8 @@ def make_backend(settings: Settings) -> Backend:
         from insitu.backends.kubernetes_backend import KubernetesBackend
 
         return KubernetesBackend(settings)
+    if settings.backend == "noop":
+        from insitu.backends.noop import NoopBackend
+
+        return NoopBackend(settings)
     raise ValueError(f"unknown backend {settings.backend!r}")  # pragma: no cover

@@ -89,7 +89,9 @@ def server(
     err = output.stderr()
     url = f"http://{settings.server.host}:{settings.server.port}"
     where = url if settings.server.port else f"{settings.server.host}, on a free port"
-    err.print(f"insitu {__version__} on {where} (backend {settings.backend})")
+    processes = settings.server.processes
+    many = f", {processes} API processes" if processes > 1 else ""
+    err.print(f"insitu {__version__} on {where} (backend {settings.backend}{many})")
     database = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
     err.print(f"home: {settings.home}   database: {database}")  # never the password in a log
     err.print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, InvalidatePoolError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,6 +29,10 @@ class DatabaseUnavailable(BackendError):
 
 
 CONNECT_TIMEOUT = 10  # seconds to reach PostgreSQL before a request gives up (503, retry)
+# A pooled PostgreSQL connection idle this long is pinged before use; one in steady use is
+# not (a ping per checkout was one round trip in five of a status request under load).
+PING_AFTER_IDLE = 1.0
+OVERFLOW = 40  # connections a pool opens beyond its size in a burst (closed once returned)
 # SQLite's operational errors that pass (a lock, a file briefly missing); the rest, such as
 # "no such table", are faults of the server and stay errors.
 _SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o")
@@ -57,27 +62,53 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL mode and a busy timeout for concurrent use."""
-    # The API serves sync endpoints from a pool of 40 threads, next to the dispatcher's
-    # threads: the connection pool must not be what makes 60 clients wait (measured).
+def make_engine(url: str, connections: int = 20) -> Engine:
+    """An engine for ``url`` keeping ``connections`` open; SQLite gets WAL mode and a busy
+    timeout for concurrent use."""
+    # The pool keeps a connection for every thread that works on the database at once (the
+    # API's and the dispatcher's): a connection over the pool's size is closed when it is
+    # returned, and under load that meant a new PostgreSQL connection (a process forked)
+    # for most requests (profiled, docs/profile-api.md). Overflow is for bursts beyond it.
+    pool = {"pool_size": connections, "max_overflow": OVERFLOW}
     if url.startswith("sqlite"):
         engine = create_engine(
-            url,
-            connect_args={"check_same_thread": False, "timeout": 30},
-            pool_size=20,
-            max_overflow=60,
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     # A connection that died with its server (a restart, a failover) is noticed at checkout
-    # and replaced (pool_pre_ping); an unreachable server fails a request in seconds.
+    # and replaced (_ping_if_idle); a connection found dead in use invalidates the whole pool;
+    # an unreachable server fails a request in seconds.
     connect_args = (
         {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT}
     )
-    return create_engine(
-        url, pool_pre_ping=True, pool_size=10, max_overflow=50, connect_args=connect_args
-    )
+    engine = create_engine(url, connect_args=connect_args, **pool)
+    event.listen(engine, "checkin", _checked_in)
+    event.listen(engine, "checkout", _ping_if_idle(engine))
+    return engine
+
+
+def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+    record.info["checked_in"] = time.monotonic()
+
+
+def _ping_if_idle(engine: Engine) -> Any:
+    """A pool checkout hook: ping a connection that sat idle, replace it if it is dead
+    (and every connection pooled before it, as ``pool_pre_ping`` does)."""
+    dialect = engine.dialect
+
+    def checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("checked_in")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE:
+            return  # new, or in steady use
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            if dialect.is_disconnect(exc, dbapi_connection, None):
+                raise InvalidatePoolError(str(exc)) from exc
+            raise
+
+    return checkout
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -96,10 +127,13 @@ def migrate(engine: Engine) -> None:
 class Database:
     """An engine and its session factory."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, connections: int = 20) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, connections)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Reads that write nothing skip BEGIN and ROLLBACK: two round trips of four.
+        reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.readers = sessionmaker(reader, expire_on_commit=False)
 
     def migrate(self) -> None:
         """Create or upgrade the schema; a database that cannot be reached says so plainly."""
@@ -115,9 +149,10 @@ class Database:
             ) from None
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session for one unit of work; the caller commits, errors roll back."""
-        session = self.sessions()
+    def session(self, *, read_only: bool = False) -> Iterator[Session]:
+        """A session for one unit of work; the caller commits, errors roll back.
+        ``read_only``: each statement on its own, outside a transaction (never to write)."""
+        session = (self.readers if read_only else self.sessions)()
         try:
             yield session
         except BaseException:

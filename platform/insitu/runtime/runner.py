@@ -26,6 +26,7 @@ import dask.array as da
 import numpy as np
 
 from insitu import __version__
+from insitu.blocks import block_count, plan_for_spec
 from insitu.errors import AnalysisFailed, BackendError, InsituError, ResultTooLarge
 from insitu.runtime import bundle, metering
 from insitu.runtime.context import RunContext
@@ -327,10 +328,17 @@ def run_job(
             client.run(metering.reset, job.job_id)
             timings["cluster_start_s"] = time.perf_counter() - started
             cluster_up = time.perf_counter()
+            plan = job.read or plan_for_spec(job.array, job.ranges, job.spec)
             data = open_selection(
-                job.dataset_url, job.array, job.ranges, job.storage_options, job.job_id
+                job.dataset_url,
+                job.array,
+                job.ranges,
+                job.storage_options,
+                job.job_id,
+                plan,
             )
             outcome.bytes_selected = int(data.nbytes)
+            chunks_total = block_count(job.ranges, job.array.chunks)
             context = RunContext(
                 job_id=job.job_id,
                 dataset=job.dataset,
@@ -342,17 +350,19 @@ def run_job(
                 _storage_options=job.storage_options,
             )
             log.info(
-                "running %s on %s[%s] %s (%s selected, %d chunks) with %d cores",
+                "running %s on %s[%s] %s (%s selected, %d chunks in %d blocks of %s) with %d cores",
                 job.spec["analysis"]["entrypoint"],
                 job.dataset,
                 job.array.path,
                 list(data.shape),
                 format_size(data.nbytes),
+                chunks_total,
                 data.npartitions,
+                list(plan.block),
                 cores,
             )
             reporter = stack.enter_context(
-                ProgressReporter(workspace, client, data.npartitions, job.job_id)
+                ProgressReporter(workspace, client, chunks_total, job.job_id)
             )
             timings["open_s"] = time.perf_counter() - cluster_up
             analysis_start = time.perf_counter()

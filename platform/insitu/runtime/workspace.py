@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from insitu.blocks import ReadPlan
 from insitu.catalog import ArrayInfo
 from insitu.errors import InsituError
 from insitu.storage import filesystem
@@ -53,6 +54,7 @@ class JobInput(BaseModel):
     worker_processes: bool = True
     image: str | None = None
     insitu_version: str = ""
+    read: ReadPlan | None = None  # planned by the server; the runtime plans it when absent
 
 
 class Progress(BaseModel):

@@ -47,15 +47,21 @@ class BundleStore:
             session.commit()
         return digest, len(data)
 
-    def get(self, session: Session, user: User, digest: str) -> bytes:
-        """A bundle ``user`` uploaded (admins: any stored bundle)."""
+    def require(self, session: Session, user: User, digest: str) -> None:
+        """Refuse a bundle ``user`` did not upload (admins: any stored bundle)."""
         if not _DIGEST_RE.match(digest):
             raise InvalidInput(f"code bundle id {digest!r} is not a SHA-256 hex digest")
         mine = session.get(BundleUpload, (digest, user.id)) is not None
-        data = self.store.read_bytes(f"{digest}.tar.gz") if mine or access.is_admin(user) else None
-        if data is None:  # the same answer whether it exists for someone else or not at all
+        stored = (mine or access.is_admin(user)) and self.store.size(f"{digest}.tar.gz") is not None
+        if not stored:  # the same answer whether it exists for someone else or not at all
             raise NotFound(
                 f"you have not uploaded code bundle {digest[:12]}; upload it first "
                 "('insitu submit SPEC --code DIR' does both)"
             )
+
+    def read(self, digest: str) -> bytes:
+        """A stored bundle's bytes (its use was checked when its job was submitted)."""
+        data = self.store.read_bytes(f"{digest}.tar.gz")
+        if data is None:
+            raise NotFound(f"code bundle {digest[:12]} is no longer stored; upload it again")
         return data

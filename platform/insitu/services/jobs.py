@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from insitu import __version__, objectstore
 from insitu.backends.base import Backend
+from insitu.blocks import plan_for_spec
 from insitu.catalog import resolve_selection
 from insitu.config import Settings
 from insitu.db import queries
@@ -114,8 +115,8 @@ def submit(
     check_resources(spec, settings)
     check_queue_room(session, settings, owner)
     usage = quotas.Usage()
-    if owner.quota:  # only quotas need the owner's usage: spare every other submit 3 queries
-        usage = quotas.Usage(*queries.usage_by_owner(session, [owner.id]).get(owner.id, ()))
+    if quotas.quota_of(owner).core_hours is not None:  # the one part of usage a submit checks
+        usage.core_seconds = queries.core_seconds_of(session, owner.id)
     quotas.check_submit(owner, spec.resources.workers, usage)
     dataset = queries.dataset_by_name(session, spec.dataset)
     access.require_read(session, owner, dataset)
@@ -123,7 +124,8 @@ def submit(
     info = info_of(dataset)
     array = info.array(spec.array, dataset=f"dataset {dataset.name!r}")
     ranges = resolve_selection(array, spec.select, dataset=f"dataset {dataset.name!r}")
-    bundle_bytes = BundleStore(settings).get(session, owner, code_bundle) if code_bundle else None
+    if code_bundle is not None:
+        BundleStore(settings).require(session, owner, code_bundle)
     if backend is not None:
         backend.check_image(spec.analysis.image)
 
@@ -135,8 +137,8 @@ def submit(
     job = Job(
         id=job_id,
         name=spec.display_name(),
-        owner_id=owner.id,
-        dataset_id=dataset.id,
+        owner=owner,
+        dataset=dataset,
         spec=spec.model_dump(mode="json", by_alias=True),
         spec_digest=spec.digest(),
         code_bundle_digest=code_bundle,
@@ -167,32 +169,44 @@ def submit(
         detail=f"{spec.analysis.entrypoint} on {dataset.name}[{array.path}]",
         nbytes=job.bytes_selected,
     )
-    workspace = objectstore.workspace(settings, workspace_url)
-    if bundle_bytes is not None:
-        workspace.write_bytes(CODE_FILE, bundle_bytes)
-    workspace.write_model(
-        JOB_FILE,
-        JobInput(
-            job_id=job_id,
-            spec=job.spec,
-            spec_digest=job.spec_digest,
-            dataset=dataset.name,
-            dataset_url=dataset.url,
-            dataset_version=dataset.version,
-            storage_options=objectstore.job_options(settings, dataset.url),
-            array=array,
-            ranges=ranges,
-            result_cap_bytes=cap,
-            result_fraction=settings.limits.result_fraction,
-            code_bundle_digest=code_bundle,
-            backend=settings.backend,
-            image=spec.analysis.image,
-            worker_processes=settings.local.worker_processes,
-            insitu_version=__version__,
-        ),
-    )
     session.commit()
     return job
+
+
+def job_input(job: Job, settings: Settings) -> JobInput:
+    """Everything the runtime needs to run ``job``, from its record and its dataset's (which
+    never change once registered)."""
+    dataset = job.dataset
+    array = info_of(dataset).array(job.array_path, dataset=f"dataset {dataset.name!r}")
+    ranges = [(int(start), int(stop)) for start, stop in job.ranges]
+    return JobInput(
+        job_id=job.id,
+        spec=job.spec,
+        spec_digest=job.spec_digest,
+        dataset=dataset.name,
+        dataset_url=dataset.url,
+        dataset_version=dataset.version,
+        storage_options=objectstore.job_options(settings, dataset.url),
+        array=array,
+        ranges=ranges,
+        result_cap_bytes=job.result_cap_bytes,
+        result_fraction=settings.limits.result_fraction,
+        code_bundle_digest=job.code_bundle_digest,
+        backend=job.backend,
+        image=job.spec.get("analysis", {}).get("image"),
+        worker_processes=settings.local.worker_processes,
+        insitu_version=__version__,
+        read=plan_for_spec(array, ranges, job.spec, settings.reader),
+    )
+
+
+def write_inputs(job: Job, settings: Settings) -> None:
+    """Write the job's ``job.json`` (and its code bundle) to its workspace, as the
+    dispatcher does before it starts the job: a submit touches no object store."""
+    workspace = objectstore.workspace(settings, job.workspace)
+    if job.code_bundle_digest:
+        workspace.write_bytes(CODE_FILE, BundleStore(settings).read(job.code_bundle_digest))
+    workspace.write_model(JOB_FILE, job_input(job, settings))
 
 
 def visible_job(session: Session, user: User, job_id: str, *, lock: bool = False) -> Job:

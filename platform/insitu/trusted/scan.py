@@ -36,5 +36,9 @@ def selection_bound(array: ArrayInfo, ranges: Sequence[Sequence[int]]) -> int:
 
 
 def blocks(array: ArrayInfo, ranges: Sequence[Sequence[int]]) -> int:
-    """How many read blocks (chunks, or shards) the runtime splits the selection into."""
-    return chunks_touched(array, ranges, array.read_chunks)
+    """How many stored chunks the runtime's progress counts for the selection.
+
+    A read block (one task) holds a whole number of chunks, and each chunk belongs to one
+    block, so progress is counted in chunks whatever size the blocks are.
+    """
+    return chunks_touched(array, ranges)

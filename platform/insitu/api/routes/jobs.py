@@ -7,9 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from sqlalchemy.orm import Session
 
 from insitu import objectstore
-from insitu.api.deps import CurrentUser, SessionDep, SettingsDep, wake_dispatcher
+from insitu.api.deps import CallerDep, CurrentUser, SessionDep, SettingsDep, wake_dispatcher
 from insitu.api.schemas import (
     JobCreate,
     JobEventPublic,
@@ -22,6 +23,7 @@ from insitu.api.schemas import (
 )
 from insitu.backends.base import JobHandle
 from insitu.db import queries
+from insitu.db.models import User
 from insitu.runtime.workspace import PROVENANCE_FILE, RESULTS_DIR
 from insitu.services import egress, jobs
 from insitu.services.auth import Role
@@ -31,55 +33,72 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 MAX_OFFSET = 2**53  # past any list or log; larger numbers overflow the database's integers
 
 
+# The JSON routes run their whole unit of work in one worker thread (CallerDep) and
+# answer the schema they declare, encoded there (docs/profile-api.md).
+
+
 @router.post("", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
-def submit_job(
-    body: JobCreate, request: Request, session: SessionDep, settings: SettingsDep, user: CurrentUser
-) -> JobPublic:
+async def submit_job(body: JobCreate, request: Request, caller: CallerDep) -> Response:
     """Validate a job spec against the catalog and queue it."""
-    job = jobs.submit(
-        session, settings, user, body.spec, body.code_bundle, backend=request.app.state.backend
-    )
+    settings, backend = request.app.state.settings, request.app.state.backend
+
+    def work(session: Session, user: User) -> JobPublic:
+        job = jobs.submit(session, settings, user, body.spec, body.code_bundle, backend=backend)
+        return JobPublic.of(job)
+
+    answer = await caller.answer(work, status.HTTP_201_CREATED)
     wake_dispatcher(request)
-    return JobPublic.of(job)
+    return answer
 
 
 @router.get("", response_model=JobsPublic)
-def list_jobs(
-    session: SessionDep,
-    user: CurrentUser,
+async def list_jobs(
+    caller: CallerDep,
     state: Annotated[list[JobState] | None, Query(description="Only jobs in these states.")] = None,
     all_users: Annotated[bool, Query(description="Admins: every user's jobs.")] = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-) -> JobsPublic:
+) -> Response:
     """Your jobs, newest first."""
-    owner = None if (all_users and user.role == Role.ADMIN.value) else user.id
-    rows, count = queries.list_jobs(
-        session, owner_id=owner, states=[s.value for s in state or []], limit=limit, offset=offset
-    )
-    return JobsPublic(data=[JobPublic.of(j) for j in rows], count=count)
+
+    def work(session: Session, user: User) -> JobsPublic:
+        owner = None if (all_users and user.role == Role.ADMIN.value) else user.id
+        states = [s.value for s in state or []]
+        rows, count = queries.list_jobs(
+            session, owner_id=owner, states=states, limit=limit, offset=offset
+        )
+        return JobsPublic(data=[JobPublic.of(j) for j in rows], count=count)
+
+    return await caller.answer(work)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, session: SessionDep, user: CurrentUser) -> JobPublic:
+async def get_job(job_id: str, caller: CallerDep) -> Response:
     """A job's state, progress, and the bytes it scanned and returned."""
-    return JobPublic.of(jobs.visible_job(session, user, job_id))
+    return await caller.answer(
+        lambda s, user: JobPublic.of(jobs.visible_job(s, user, job_id)), read_only=True
+    )
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED)
-def cancel_job(job_id: str, request: Request, session: SessionDep, user: CurrentUser) -> JobPublic:
+async def cancel_job(job_id: str, request: Request, caller: CallerDep) -> Response:
     """Cancel a queued or running job."""
-    job = jobs.cancel(session, user, job_id)
+    answer = await caller.answer(
+        lambda s, user: JobPublic.of(jobs.cancel(s, user, job_id)), status.HTTP_202_ACCEPTED
+    )
     wake_dispatcher(request)
-    return JobPublic.of(job)
+    return answer
 
 
 @router.get("/{job_id}/events", response_model=JobEventsPublic)
-def job_events(job_id: str, session: SessionDep, user: CurrentUser) -> JobEventsPublic:
+async def job_events(job_id: str, caller: CallerDep) -> Response:
     """Every state transition of a job, with its time and reason."""
-    job = jobs.visible_job(session, user, job_id)
-    events = [JobEventPublic.of(e) for e in job.events]
-    return JobEventsPublic(data=events, count=len(events))
+
+    def work(session: Session, user: User) -> JobEventsPublic:
+        events = [JobEventPublic.of(e) for e in jobs.visible_job(session, user, job_id).events]
+        return JobEventsPublic(data=events, count=len(events))
+
+    return await caller.answer(work)
 
 
 @router.get("/{job_id}/logs", response_model=LogChunk)

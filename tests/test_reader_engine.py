@@ -1,0 +1,237 @@
+"""The reader's codec pipeline: same arrays and same metered bytes with zarr's and zarrs'."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import ZstdCodec
+
+from insitu import objectstore
+from insitu.config import ReaderSettings, Settings
+from insitu.errors import InvalidInput
+from insitu.runtime import engine, metering
+from insitu.seaweedfs import DATA_BUCKET, SeaweedFS
+from insitu.storage import open_store
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    # zarrs rebuilds obstore's store in its own module and says so, once per array
+    pytest.mark.filterwarnings("ignore:Successfully reconstructed a store:RuntimeWarning"),
+]
+
+
+@dataclass(frozen=True)
+class Case:
+    """A small array like a workload's, and a selection that does not align with its chunks."""
+
+    dtype: str
+    shape: tuple[int, int, int]
+    chunks: tuple[int, int, int]
+    shards: tuple[int, int, int] | None
+    select: tuple[slice, slice, slice]
+
+    def data(self) -> np.ndarray:
+        rng = np.random.default_rng(3)
+        high = 4000 if self.dtype == "uint16" else 256
+        return rng.integers(0, high, size=self.shape, dtype=self.dtype)
+
+
+CASES = {
+    "2p uint16 zstd": Case("uint16", (90, 64, 48), (32, 64, 48), None, np.s_[5:83, 3:60, :]),
+    "EM uint8 3D": Case("uint8", (70, 50, 45), (16, 16, 16), None, np.s_[3:61, 10:50, 7:40]),
+    "EM uint8 sharded": Case(
+        "uint8", (70, 50, 45), (16, 16, 16), (32, 32, 32), np.s_[3:61, 10:50, 7:40]
+    ),
+}
+
+
+@pytest.fixture(autouse=True)
+def restore_zarr_config() -> Iterator[None]:
+    """Each test starts from, and leaves, the process' zarr settings as they were."""
+    saved = copy.deepcopy(zarr.config.config)
+    zarr.config.set({"codec_pipeline.path": engine.PIPELINES["zarr"]})
+    yield
+    zarr.config.config.clear()
+    zarr.config.config.update(saved)
+
+
+@pytest.fixture
+def zarrs_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``import zarrs`` fail, as in an image without it."""
+    monkeypatch.setitem(sys.modules, "zarrs", None)
+    monkeypatch.setattr(engine, "_fallback_logged", False)
+
+
+# -- where the arrays live: a local directory, or SeaweedFS read through obstore -------------
+
+
+Place = tuple[str, Callable[[bool], Any]]  # (url, open a store: read_only -> store)
+
+
+def local_place(tmp_path: Path) -> Place:
+    url = (tmp_path / f"{uuid.uuid4().hex[:8]}.zarr").as_uri()
+    return url, lambda read_only: open_store(url, read_only=read_only)
+
+
+def s3_place(s3_home: tuple[SeaweedFS, Settings]) -> Place:
+    _, settings = s3_home
+    url = f"s3://{DATA_BUCKET}/{uuid.uuid4().hex[:8]}/array.zarr"
+    options = objectstore.platform_options(settings, url)
+    return url, lambda read_only: open_store(url, read_only=read_only, storage_options=options)
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def place(request: pytest.FixtureRequest, tmp_path: Path) -> Place:
+    if request.param == "local":
+        return local_place(tmp_path)
+    return s3_place(request.getfixturevalue("s3_home"))
+
+
+def write(open_writer: Callable[[bool], Any], case: Case) -> np.ndarray:
+    data = case.data()
+    array = zarr.create_array(
+        open_writer(False),
+        shape=case.shape,
+        chunks=case.chunks,
+        shards=case.shards,
+        dtype=case.dtype,
+        compressors=ZstdCodec(level=3),
+    )
+    array[:] = data
+    return data
+
+
+def plain(store: Any) -> Any:
+    """The store zarrs can open itself: zarr's own LocalStore or ObjectStore, unwrapped."""
+    if isinstance(store, zarr.storage.LocalStore):
+        return store
+    return zarr.storage.ObjectStore(store.store, read_only=True)
+
+
+# -- the same arrays and the same bytes, whichever engine ----------------------------------
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_engine_decodes_the_same_selection_and_meters_the_same_bytes(
+    name: str, place: Place
+) -> None:
+    pytest.importorskip("zarrs")
+    case = CASES[name]
+    _, open_reader = place
+    expected = write(open_reader, case)[case.select]
+    job = f"engine-{uuid.uuid4().hex[:6]}"
+
+    reads: dict[str, tuple[np.ndarray, int]] = {}
+    for chosen in ("zarr", "zarrs", "zarr"):
+        assert engine.configure(chosen) == chosen
+        metering.reset(job)
+        array = zarr.open_array(store=metering.CountingStore(open_reader(True), job), mode="r")
+        block = np.asarray(array[case.select])
+        reads[chosen] = (block, metering.snapshot(job)["bytes"])
+        # zarrs cannot open a wrapped store: zarr's pipeline reads through the wrapper
+        assert engine.engine_of(array) == "zarr"
+    metering.forget(job)
+
+    for chosen, (block, _) in reads.items():
+        assert block.dtype == expected.dtype and np.array_equal(block, expected), chosen
+    assert reads["zarr"][1] == reads["zarrs"][1] > 0
+
+    # The control: on zarr's own store zarrs does decode, to the same values.
+    engine.configure("zarrs")
+    direct = zarr.open_array(store=plain(open_reader(True)), mode="r")
+    assert engine.engine_of(direct) == "zarrs"
+    assert np.array_equal(np.asarray(direct[case.select]), expected)
+
+
+def test_the_reader_counts_every_byte_under_zarrs(tmp_path: Path) -> None:
+    """The runtime's own reader, with zarrs in force, counts what it reads."""
+    pytest.importorskip("zarrs")
+    from insitu.catalog import inspect_store
+    from insitu.runtime.reader import open_selection
+
+    case = CASES["EM uint8 sharded"]
+    url, open_writer = local_place(tmp_path)
+    expected = write(open_writer, case)
+    info = inspect_store(url).arrays[0]
+    ranges = [(s.start, s.stop) for s in case.select]
+    totals = {}
+    for chosen in ("zarr", "zarrs"):
+        engine.configure(chosen)
+        job = f"reader-{chosen}-{uuid.uuid4().hex[:6]}"
+        metering.reset(job)
+        data = open_selection(url, info, ranges, job=job)
+        assert np.array_equal(data.compute(scheduler="threads"), expected[case.select])
+        totals[chosen] = metering.snapshot(job)["bytes"]
+        metering.forget(job)
+    assert totals["zarr"] == totals["zarrs"] > 0
+
+
+# -- choosing the engine --------------------------------------------------------------------
+
+
+def test_auto_uses_zarrs_where_it_is_installed() -> None:
+    pytest.importorskip("zarrs")
+    assert engine.configure("auto") == "zarrs"
+    assert zarr.config.get("codec_pipeline.path") == engine.PIPELINES["zarrs"]
+    assert engine.configure("zarr") == "zarr"
+    assert zarr.config.get("codec_pipeline.path") == engine.PIPELINES["zarr"]
+
+
+def test_auto_falls_back_to_zarr_when_zarrs_cannot_be_imported(
+    zarrs_missing: None, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    with caplog.at_level(logging.INFO, logger="insitu.runtime"):
+        assert engine.configure("auto") == "zarr"
+        assert engine.configure("auto") == "zarr"
+    assert zarr.config.get("codec_pipeline.path") == engine.PIPELINES["zarr"]
+    said = [r.getMessage() for r in caplog.records if "zarrs is not installed" in r.getMessage()]
+    assert len(said) == 1, said  # once per process, not once per block
+
+    case = CASES["EM uint8 3D"]
+    _, open_store_at = local_place(tmp_path)
+    expected = write(open_store_at, case)
+    array = zarr.open_array(store=open_store_at(True), mode="r")
+    assert engine.engine_of(array) == "zarr"
+    assert np.array_equal(array[case.select], expected[case.select])
+
+
+def test_asking_for_zarrs_without_it_is_a_clear_error(zarrs_missing: None) -> None:
+    with pytest.raises(InvalidInput, match="zarrs package is not installed") as raised:
+        engine.configure("zarrs")
+    assert "INSITU_READER__ENGINE" in str(raised.value) and "'auto'" in str(raised.value)
+    assert zarr.config.get("codec_pipeline.path") == engine.PIPELINES["zarr"]
+
+
+def test_an_unknown_engine_or_concurrency_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="'rust' is not one of 'auto', 'zarrs', 'zarr'"):
+        engine.configure("rust")
+    with pytest.raises(InvalidInput, match="at least 1"):
+        engine.configure("zarr", concurrency=0)
+
+
+def test_concurrency_is_applied_and_configure_is_idempotent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("zarrs")
+    settings = ReaderSettings()
+    assert engine.configure(settings.engine, settings.concurrency) == "zarrs"
+    assert zarr.config.get("async.concurrency") == settings.concurrency
+    assert zarr.config.get("codec_pipeline.chunk_concurrent_maximum") == settings.concurrency
+
+    def unexpected(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("configure changed settings already in force")
+
+    monkeypatch.setattr(zarr.config, "set", unexpected)
+    assert engine.configure(settings.engine, settings.concurrency) == "zarrs"
+    assert engine.configure("auto") == "zarrs"  # concurrency None leaves it as it is
+    assert zarr.config.get("async.concurrency") == settings.concurrency
