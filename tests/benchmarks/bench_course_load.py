@@ -515,9 +515,9 @@ def run(
             ),
             *(
                 {
-                    "goal": f"API p99 under {SUBMIT_P99_MS:.0f} ms (submit) and "
-                    f"{STATUS_P99_MS:.0f} ms (status) with {participants} clients submitting "
-                    f"at once ({kind}; submit p99, status p99)",
+                    "goal": f"API p99 with {participants} clients submitting at once ({kind}; "
+                    f"submit p99 under {SUBMIT_P99_MS:.0f} ms, status p99 under "
+                    f"{STATUS_P99_MS:.0f} ms)",
                     "target": f"< {SUBMIT_P99_MS:.0f} ms, < {STATUS_P99_MS:.0f} ms",
                     "measured": f"{f['submit_ms']['p99']} ms, {f['status_ms']['p99']} ms",
                     "met": f["submit_ms"]["p99"] < SUBMIT_P99_MS
