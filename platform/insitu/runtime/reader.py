@@ -10,7 +10,7 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 
-from insitu.blocks import ReadPlan, units_touched
+from insitu.blocks import ReadPlan, block_count
 from insitu.catalog import ArrayInfo, chunk_boundaries
 from insitu.runtime import engine, metering
 from insitu.storage import job_retry_timeout, open_store, with_environment_key
@@ -48,9 +48,7 @@ class BlockReader:
         )
         block = self.array[shifted]
         if block.size:
-            touched = 1
-            for s, chunk in zip(shifted, self.chunks, strict=True):
-                touched *= units_touched(s.start, s.stop, chunk)
+            touched = block_count([(s.start, s.stop) for s in shifted], self.chunks)
             metering.add(chunks=touched, job=self.job)
         return np.asarray(block)
 

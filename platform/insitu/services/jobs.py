@@ -155,7 +155,7 @@ def submit(
         results=[],
         accounting={
             "scan_bound": scan.selection_bound(array, ranges),
-            "blocks": scan.blocks(array, ranges),
+            "blocks": scan.chunks_touched(array, ranges),  # progress total
         },
     )
     session.add(job)

@@ -12,33 +12,22 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from insitu.blocks import block_count
 from insitu.catalog import ArrayInfo
 
 CHUNK_OVERHEAD = 4096  # codec headers and shard indexes per chunk, generously
 
 
-def chunks_touched(
-    array: ArrayInfo, ranges: Sequence[Sequence[int]], chunks: Sequence[int] | None = None
-) -> int:
-    """How many stored chunks (or blocks of ``chunks``) the half-open ``ranges`` intersect."""
-    count = 1
-    for (start, stop), chunk in zip(ranges, chunks or array.chunks, strict=True):
-        if stop <= start:
-            return 0
-        count *= (stop - 1) // chunk - start // chunk + 1
-    return count
+def chunks_touched(array: ArrayInfo, ranges: Sequence[Sequence[int]]) -> int:
+    """How many stored chunks the half-open ``ranges`` intersect.
+
+    The runtime's progress counts these too: a read block (one task) holds whole chunks,
+    each in one block, so the count does not depend on the block size.
+    """
+    return block_count(ranges, array.chunks)
 
 
 def selection_bound(array: ArrayInfo, ranges: Sequence[Sequence[int]]) -> int:
     """Bytes of every chunk the selection touches, decoded, plus a per-chunk allowance."""
     chunk_bytes = math.prod(array.chunks) * np.dtype(array.dtype).itemsize
     return chunks_touched(array, ranges) * (chunk_bytes + CHUNK_OVERHEAD)
-
-
-def blocks(array: ArrayInfo, ranges: Sequence[Sequence[int]]) -> int:
-    """How many stored chunks the runtime's progress counts for the selection.
-
-    A read block (one task) holds a whole number of chunks, and each chunk belongs to one
-    block, so progress is counted in chunks whatever size the blocks are.
-    """
-    return chunks_touched(array, ranges)
