@@ -75,19 +75,21 @@ def zarrs_missing(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- where the arrays live: a local directory, or SeaweedFS read through obstore -------------
 
 
-Place = tuple[str, Callable[[bool], Any]]  # (url, open a store: read_only -> store)
+Place = tuple[str, Callable[[bool], Any], dict[str, Any] | None]
+# (url, open a store: read_only -> store, the storage options a job would be given)
 
 
 def local_place(tmp_path: Path) -> Place:
     url = (tmp_path / f"{uuid.uuid4().hex[:8]}.zarr").as_uri()
-    return url, lambda read_only: open_store(url, read_only=read_only)
+    return url, lambda read_only: open_store(url, read_only=read_only), None
 
 
 def s3_place(s3_home: tuple[SeaweedFS, Settings]) -> Place:
     _, settings = s3_home
     url = f"s3://{DATA_BUCKET}/{uuid.uuid4().hex[:8]}/array.zarr"
     options = objectstore.platform_options(settings, url)
-    return url, lambda read_only: open_store(url, read_only=read_only, storage_options=options)
+    opener = lambda read_only: open_store(url, read_only=read_only, storage_options=options)  # noqa: E731
+    return url, opener, options
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
@@ -127,7 +129,7 @@ def test_each_engine_decodes_the_same_selection_and_meters_the_same_bytes(
 ) -> None:
     pytest.importorskip("zarrs")
     case = CASES[name]
-    _, open_reader = place
+    _, open_reader, _ = place
     expected = write(open_reader, case)[case.select]
     job = f"engine-{uuid.uuid4().hex[:6]}"
 
@@ -153,27 +155,58 @@ def test_each_engine_decodes_the_same_selection_and_meters_the_same_bytes(
     assert np.array_equal(np.asarray(direct[case.select]), expected)
 
 
-def test_the_reader_counts_every_byte_under_zarrs(tmp_path: Path) -> None:
-    """The runtime's own reader, with zarrs in force, counts what it reads."""
-    pytest.importorskip("zarrs")
-    from insitu.catalog import inspect_store
-    from insitu.runtime.reader import open_selection
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("block", [(16, 32, 32), (32, 32, 64)])
+@pytest.mark.parametrize("whole", [False, True], ids=["selection", "whole"])
+def test_the_reader_decodes_with_zarrs_and_counts_every_byte(
+    name: str, block: tuple[int, int, int], whole: bool, place: Place
+) -> None:
+    """The runtime's own reader reads with zarrs and counts what zarr's pipeline counts.
 
-    case = CASES["EM uint8 sharded"]
-    url, open_writer = local_place(tmp_path)
+    zarrs reads the store itself, past the counting store; the reader counts its blocks by
+    the stored size of what they fetched, and reads parts of shards with zarr's pipeline.
+    """
+    pytest.importorskip("zarrs")
+    from insitu.blocks import ReadPlan
+    from insitu.catalog import inspect_store
+    from insitu.runtime import reader
+
+    case = CASES[name]
+    url, open_writer, options = place
     expected = write(open_writer, case)
-    info = inspect_store(url).arrays[0]
-    ranges = [(s.start, s.stop) for s in case.select]
-    totals = {}
+    info = inspect_store(url, storage_options=options).arrays[0]
+    select = np.s_[:, :, :] if whole else case.select
+    ranges = [s.indices(n)[:2] for s, n in zip(select, case.shape, strict=True)]
+    totals, fast_blocks = {}, {}
     for chosen in ("zarr", "zarrs"):
-        engine.configure(chosen)
+        plan = ReadPlan(block=list(block), engine=chosen, concurrency=8)
         job = f"reader-{chosen}-{uuid.uuid4().hex[:6]}"
         metering.reset(job)
-        data = open_selection(url, info, ranges, job=job)
-        assert np.array_equal(data.compute(scheduler="threads"), expected[case.select])
-        totals[chosen] = metering.snapshot(job)["bytes"]
+        read = reader.BlockReader.__getitem__
+        fast_reads: list[bool] = []
+
+        def spy(self: Any, key: Any, read: Any = read, seen: list[bool] = fast_reads) -> Any:
+            region = [(s.start + o, s.stop + o) for s, o in zip(key, self.offsets, strict=True)]
+            seen.append(self.fast is not None and metering.fetches_whole_objects(self.fast, region))
+            return read(self, key)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(reader.BlockReader, "__getitem__", spy)
+            data = reader.open_selection(url, info, ranges, options, job=job, plan=plan)
+            assert np.array_equal(data.compute(scheduler="threads"), expected[select])
+        totals[chosen] = metering.snapshot(job)
         metering.forget(job)
-    assert totals["zarr"] == totals["zarrs"] > 0
+        fast_blocks[chosen] = sum(fast_reads)
+        all_blocks = len(fast_reads)
+    assert totals["zarr"]["bytes"] == totals["zarrs"]["bytes"] > 0
+    assert totals["zarr"]["chunks"] == totals["zarrs"]["chunks"] > 0
+    assert fast_blocks["zarr"] == 0
+    if case.shards is None:  # zarrs reads every block of an unsharded array
+        assert fast_blocks["zarrs"] == all_blocks
+    elif whole:  # and the blocks made of whole shards (here, some of them)
+        assert 0 < fast_blocks["zarrs"] < all_blocks or block == (32, 32, 64)
+    else:  # every block starts inside a shard (x from 7): zarr's pipeline reads them
+        assert fast_blocks["zarrs"] == 0
 
 
 # -- choosing the engine --------------------------------------------------------------------
@@ -198,7 +231,7 @@ def test_auto_falls_back_to_zarr_when_zarrs_cannot_be_imported(
     assert len(said) == 1, said  # once per process, not once per block
 
     case = CASES["EM uint8 3D"]
-    _, open_store_at = local_place(tmp_path)
+    _, open_store_at, _ = local_place(tmp_path)
     expected = write(open_store_at, case)
     array = zarr.open_array(store=open_store_at(True), mode="r")
     assert engine.engine_of(array) == "zarr"

@@ -3,10 +3,11 @@
 One run measures, interleaved, on the 2p workload (uint16 movie, chunks of whole frames)
 and the EM workload (uint8 volume in 64^3 chunks, and the same in 256^3 shards):
 
-- ``zarr``: zarr-python's default pipeline over obstore, through insitu's metering
-  ``CountingStore``, as the runtime reads;
-- ``zarrs``: the zarrs pipeline over obstore, on zarr's own ``ObjectStore`` (zarrs decodes
-  only stores it can open itself, so these reads bypass any counting wrapper);
+- ``zarr``: the runtime's reader (``insitu.runtime.reader``) held to zarr-python's default
+  pipeline, over obstore, every byte counted by insitu's ``CountingStore``;
+- ``zarrs``: the runtime's reader as it runs jobs, with the zarrs pipeline reading the store
+  itself and the reader counting each block by the stored size of what it fetched (parts of
+  shards are read by zarr's pipeline through the counting store);
 - ``tensorstore``: its zarr3 driver over its own ``s3`` kvstore;
 - the same three on a local directory (``--no-local`` leaves them out).
 
@@ -42,13 +43,14 @@ import dask.array as da
 import numpy as np
 import zarr
 from common import CACHE, RESULTS_JSON, Movie, Volume, machine, store_files
-from obstore.store import S3Store
 from zarr.codecs import ZstdCodec
 
+from insitu.blocks import ReadPlan
+from insitu.catalog import inspect_store
 from insitu.config import ReaderSettings
-from insitu.runtime import engine, metering
+from insitu.runtime import engine, metering, reader
 from insitu.seaweedfs import SeaweedFS
-from insitu.storage import obstore_config, open_store
+from insitu.storage import open_store
 
 BENCHMARK = "zarr_codecs"
 BUCKET = "insitu-codecs"
@@ -186,17 +188,9 @@ class Place:
     def url(self) -> str:
         return f"s3://{BUCKET}/{self.local.name}" if self.s3 else self.local.as_uri()
 
-    def zarr_store(self, counted: bool) -> Any:
-        """insitu's store (through the metering wrapper), or zarr's own for zarrs."""
-        if counted:
-            return metering.CountingStore(open_store(self.url, storage_options=self.s3))
-        if self.s3 is None:
-            return zarr.storage.LocalStore(self.local, read_only=True)
-        config: Any = obstore_config(self.s3)
-        s3 = S3Store(
-            BUCKET, prefix=self.local.name, config=config, client_options={"allow_http": True}
-        )
-        return zarr.storage.ObjectStore(s3, read_only=True)
+    def counting_store(self) -> Any:
+        """insitu's store, through the metering wrapper."""
+        return metering.CountingStore(open_store(self.url, storage_options=self.s3))
 
     def kvstore(self, credentials: Path) -> dict[str, Any]:
         """tensorstore's kvstore spec: its own S3 driver, or its file driver."""
@@ -239,10 +233,10 @@ def open_dask(contender: str, place: Place, workload: Workload, credentials: Pat
         spec = {"driver": "zarr3", "kvstore": place.kvstore(credentials)}
         blocks = TensorBlocks(ts.open(spec, read=True).result())
         return da.from_array(blocks, chunks=block, asarray=False, lock=False, fancy=False)
-    assert engine.configure(contender, READER.concurrency) == contender
-    array = zarr.open_array(store=place.zarr_store(counted=contender == "zarr"), mode="r")
-    assert engine.engine_of(array) == contender, (contender, engine.engine_of(array))
-    return da.from_zarr(array, chunks=block)
+    info = inspect_store(place.url, storage_options=place.s3).arrays[0]
+    ranges = [(0, n) for n in workload.shape]
+    plan = ReadPlan(block=list(block), engine=contender, concurrency=READER.concurrency)
+    return reader.open_selection(place.url, info, ranges, place.s3, plan=plan)
 
 
 def scan(contender: str, place: Place, workload: Workload, credentials: Path) -> np.ndarray:
@@ -259,7 +253,7 @@ def object_keys(place: Place) -> list[str]:
 def fetch_raw(contender: str, place: Place, keys: list[str], credentials: Path) -> int:
     """GET every object, no decoding: obstore through the wrapper, or tensorstore's S3."""
     if contender != "tensorstore":
-        return common.fetch_all(place.zarr_store(counted=True), keys, RAW_CONCURRENCY)
+        return common.fetch_all(place.counting_store(), keys, RAW_CONCURRENCY)
     import tensorstore as ts
 
     kv = ts.KvStore.open(place.kvstore(credentials)).result()
@@ -303,21 +297,16 @@ def measure(
     return runs
 
 
-def counted_under_zarrs(workload: Workload, place: Place) -> dict[str, Any]:
-    """With zarrs in force, does a read through the CountingStore count the same bytes?"""
-    metered = {}
-    for chosen in ("zarr", "zarrs"):
-        engine.configure(chosen, READER.concurrency)
-        metering.reset()
-        array = zarr.open_array(store=place.zarr_store(counted=True), mode="r")
-        da.from_zarr(array, chunks=workload.block()).sum().compute(scheduler="threads")
-        metered[chosen] = {
-            "bytes": metering.snapshot()["bytes"],
-            "decoded_by": engine.engine_of(array),
-        }
+def counted_under_zarrs(figs: dict[str, Any]) -> dict[str, Any]:
+    """Whether the runtime's reader counted the same bytes with zarrs as with zarr's pipeline."""
+    counted = {
+        where: {c: figs[f"scan {c} {where}"]["metered_bytes"] for c in ("zarr", "zarrs")}
+        for where in ("s3", "local")
+        if f"scan zarr {where}" in figs
+    }
     return {
-        "configured": metered,
-        "same_bytes": metered["zarr"]["bytes"] == metered["zarrs"]["bytes"],
+        "counted": counted,
+        "same_bytes": all(c["zarr"] == c["zarrs"] > 0 for c in counted.values()),
     }
 
 
@@ -394,7 +383,7 @@ def run(
                     "codec": "zstd level 3",
                 },
                 "figures": figs,
-                "metering": counted_under_zarrs(workload, places["s3"]),
+                "metering": counted_under_zarrs(figs),
                 "fastest_correct": fastest(figs),
                 "fastest_correct_metered": fastest(figs, metered_only=True),
             }
@@ -411,8 +400,9 @@ def run(
             f"blocks of whole objects up to {READER.block_bytes / 2**20:.0f} MiB, MB/s of "
             f"decoded bytes; raw = {RAW_CONCURRENCY} concurrent GETs of every object, MB/s of "
             "stored bytes; medians; client CPU = this process' CPU seconds over every thread; "
-            "correct = every run's mean equals numpy's exactly; zarr reads through insitu's "
-            f"CountingStore; reader concurrency {READER.concurrency} for zarr and zarrs"
+            "correct = every run's mean equals numpy's exactly; zarr and zarrs are the "
+            "runtime's reader (insitu.runtime.reader) with that pipeline, both metered; "
+            f"reader concurrency {READER.concurrency}"
         ),
         "repeats": repeats,
         "workloads": out,
@@ -425,8 +415,8 @@ def record(result: dict[str, Any], path: Path = RESULTS_JSON) -> None:
 
 
 LABELS = {
-    "zarr": "zarr-python default, through CountingStore",
-    "zarrs": "zarrs (Rust), zarr's own store",
+    "zarr": "insitu's reader on zarr-python's pipeline",
+    "zarrs": "insitu's reader on zarrs (Rust)",
     "tensorstore": "tensorstore, its own driver",
 }
 
@@ -463,7 +453,7 @@ def report(result: dict[str, Any]) -> str:
         f"Method: {result['method']}. zarrs' raw GETs are obstore's (the row of zarr).",
     ]
     for name, workload in result["workloads"].items():
-        d, m = workload["data"], workload["metering"]["configured"]
+        d, m = workload["data"], workload["metering"]["counted"]
         layout = f"shards {tuple(d['shards'])} of chunks" if d["shards"] else "chunks"
         lines += [
             "",
@@ -474,20 +464,20 @@ def report(result: dict[str, Any]) -> str:
             *table(workload),
             "",
             f"Fastest correct: {workload['fastest_correct']}; fastest correct and metered: "
-            f"{workload['fastest_correct_metered']}. With zarrs configured, a read through the "
-            f"CountingStore was decoded by {m['zarrs']['decoded_by']} and counted "
-            f"{m['zarrs']['bytes']:,} bytes (zarr configured: {m['zarr']['bytes']:,}).",
+            f"{workload['fastest_correct_metered']}. Bytes the reader counted, zarr / zarrs: "
+            + "; ".join(f"{where} {c['zarr']:,} / {c['zarrs']:,}" for where, c in m.items())
+            + ".",
         ]
     lines += [
         "",
-        "**Kept: zarr-python's pipeline decodes every metered read.** zarrs decodes only "
-        "stores it recognises by class name (zarr's `LocalStore`, `ObjectStore`, an HTTP "
-        "`FsspecStore`) and then fetches in Rust, past any Python wrapper; on the "
-        "`CountingStore` zarr-python falls back to its own pipeline, so with zarrs set a job "
-        "still counts every byte, and gains nothing. tensorstore reads with its own drivers, "
-        "which the runtime cannot meter at all. Their rows are what staying on zarr-python's "
-        "pipeline costs; using them needs the bytes counted below Python (by the store "
-        "gateway, or inside the Rust store).",
+        "**Kept: zarrs, where it imports, metered by stored size.** zarrs decodes only stores "
+        "it recognises by class name (zarr's `LocalStore`, `ObjectStore`) and fetches in "
+        "Rust, past any Python wrapper, so the runtime's reader gives it the store unwrapped "
+        "and counts each block by the stored size of the objects it fetched (a stat of a "
+        "file, an S3 HEAD); parts of shards, whose bytes only a counting store can measure, "
+        "are read by zarr-python's pipeline through the `CountingStore`, which is also the "
+        "fallback where zarrs is missing (`INSITU_READER__ENGINE=zarr` forces it). "
+        "tensorstore reads with its own drivers, which the runtime cannot meter at all.",
     ]
     return "\n".join(lines)
 

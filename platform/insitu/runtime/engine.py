@@ -8,8 +8,9 @@ zarrs decodes only arrays whose store is, by class name, one it can open itself 
 ``LocalStore``, ``ObjectStore``, an HTTP ``FsspecStore``): it then reads the files or the
 bucket in Rust, past any Python wrapper. On every other store, insitu's ``CountingStore``
 among them, zarr-python falls back to its own pipeline, reading through the store's API.
-Metered reads therefore stay counted whichever engine is set; :func:`engine_of` says which
-pipeline actually decodes an array.
+The job reader (:mod:`insitu.runtime.reader`) therefore reads with zarrs from the store
+unwrapped and counts those reads by the stored size of the objects they fetched;
+:func:`engine_of` says which pipeline actually decodes an array.
 """
 
 from __future__ import annotations

@@ -1,18 +1,25 @@
 """Count the bytes and chunks a job reads, in whichever process reads them.
 
+Bytes are counted as they pass a :class:`CountingStore`, or, for a pipeline that reads the
+store itself, from the stored size of each chunk a read fetched (:func:`count_stored`).
+
 Each worker process keeps its own counters, one set per job (workers of a warm pool serve
 several jobs at once); the runner sums its job's counters over the cluster.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 import threading
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.core.sync import sync
 from zarr.storage import WrapperStore
 
 _lock = threading.Lock()
@@ -85,3 +92,68 @@ class CountingStore(WrapperStore[Store]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (CountingStore, (self._store, self.job))
+
+
+def stored_shape(array: Any) -> tuple[int, ...]:
+    """Shape of one stored object of a zarr array: its chunk, or its shard when sharded."""
+    metadata = array.metadata
+    grid = getattr(metadata, "chunk_grid", None)
+    return tuple(grid.chunk_shape) if grid is not None else tuple(metadata.chunks)
+
+
+def fetches_whole_objects(array: Any, region: Sequence[tuple[int, int]]) -> bool:
+    """Whether reading ``region`` fetches each object it touches whole.
+
+    True for unsharded arrays (zarr fetches a chunk whole however little of it is read) and
+    for a region made of whole shards; a part of a shard is fetched as its index and some
+    of its chunks, which only a counting store can measure.
+    """
+    codecs = getattr(array.metadata, "codecs", ())
+    if not any(type(codec).__name__ == "ShardingCodec" for codec in codecs):
+        return True
+    return all(
+        start % size == 0 and (stop % size == 0 or stop == extent)
+        for (start, stop), size, extent in zip(
+            region, stored_shape(array), array.shape, strict=True
+        )
+    )
+
+
+def stored_keys(array: Any, region: Sequence[tuple[int, int]]) -> list[str]:
+    """Store keys of the stored chunks (or shards) that the half-open ``region`` touches."""
+    shape = stored_shape(array)
+    axes = [
+        range(start // size, (stop - 1) // size + 1)
+        for (start, stop), size in zip(region, shape, strict=True)
+    ]
+    metadata = array.metadata
+    prefix = array.store_path.path
+    keys = [metadata.encode_chunk_key(coords) for coords in itertools.product(*axes)]
+    return [f"{prefix}/{key}" if prefix else key for key in keys]
+
+
+async def _sizes(store: Store, keys: list[str], concurrency: int) -> int:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def size(key: str) -> int:
+        async with gate:
+            try:
+                return int(await store.getsize(key))
+            except FileNotFoundError:  # never written: the fill value, nothing fetched
+                return 0
+
+    return sum(await asyncio.gather(*(size(key) for key in keys)))
+
+
+def count_stored(
+    array: Any, region: Sequence[tuple[int, int]], job: str = "", concurrency: int = 32
+) -> int:
+    """Count, for ``job``, the stored size of every chunk a read of ``region`` fetched.
+
+    For reads that pass no :class:`CountingStore` (a pipeline that reads the store itself,
+    such as zarrs): the store is asked each object's size, a stat of a file or an S3 HEAD.
+    """
+    keys = stored_keys(array, region)
+    nbytes = sync(_sizes(array.store_path.store, keys, max(1, concurrency)))
+    add(nbytes=nbytes, job=job)
+    return nbytes

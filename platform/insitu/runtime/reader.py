@@ -17,65 +17,87 @@ from insitu.storage import job_retry_timeout, open_store, with_environment_key
 
 
 class BlockReader:
-    """Reads blocks of a selection from a zarr array and counts the chunks it delivers.
+    """Reads blocks of a selection from a zarr array and counts what it delivers.
 
-    Dask pickles this object to the workers; each worker opens the store itself. zarr
-    fetches and decodes the chunks of one block concurrently.
+    Dask pickles this object to the workers; each worker opens the store itself. The fast
+    ``array`` (zarrs, reading the store in Rust, see :mod:`insitu.runtime.engine`) reads
+    every block whose objects are fetched whole, and the stored size of those objects is
+    counted; ``metered`` (zarr's pipeline through a :class:`~insitu.runtime.metering.CountingStore`)
+    reads the rest, and every block when zarrs is not in force. The chunks of one block are
+    fetched and decoded concurrently either way.
     """
 
     def __init__(
         self,
-        array: Any,
+        metered: Any,
         ranges: list[tuple[int, int]],
         chunks: Sequence[int],
         job: str = "",
         concurrency: int | None = None,
+        fast: Any | None = None,
     ) -> None:
-        self.array = array
+        self.metered = metered
+        self.fast = fast
         self.job = job
         self.chunks = tuple(chunks)
         self.concurrency = concurrency
         self.offsets = [start for start, _ in ranges]
         self.shape = tuple(stop - start for start, stop in ranges)
-        self.dtype = array.dtype
+        self.dtype = metered.dtype
         self.ndim = len(self.shape)
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        if self.concurrency is not None:  # read by zarr in this (worker) process
-            engine.configure("zarr", self.concurrency)
-        shifted = tuple(
-            slice(s.start + off, s.stop + off) for s, off in zip(key, self.offsets, strict=True)
-        )
-        block = self.array[shifted]
+        region = [(s.start + off, s.stop + off) for s, off in zip(key, self.offsets, strict=True)]
+        shifted = tuple(slice(start, stop) for start, stop in region)
+        fast = self.fast
+        if fast is not None and not metering.fetches_whole_objects(fast, region):
+            fast = None
+        if self.concurrency is not None:  # read in this (worker) process
+            engine.configure("zarr" if fast is None else "zarrs", self.concurrency)
+        if fast is not None:
+            block = fast[shifted]
+            if block.size:
+                metering.count_stored(fast, region, self.job, self.concurrency or 32)
+        else:
+            block = self.metered[shifted]
         if block.size:
-            touched = block_count([(s.start, s.stop) for s in shifted], self.chunks)
-            metering.add(chunks=touched, job=self.job)
+            metering.add(chunks=block_count(region, self.chunks), job=self.job)
         return np.asarray(block)
 
 
-def open_array(
+def _for_zarrs(store: Any) -> Any:
+    """The store as zarrs recognises it: zarr's own ObjectStore class, not a subclass."""
+    if isinstance(store, zarr.storage.ObjectStore) and type(store) is not zarr.storage.ObjectStore:
+        return zarr.storage.ObjectStore(store.store, read_only=True)
+    return store
+
+
+def open_arrays(
     url: str,
     info: ArrayInfo,
     storage_options: dict[str, Any] | None = None,
     job: str = "",
     plan: ReadPlan | None = None,
-) -> Any:
-    """The zarr array behind ``info``, through a store that counts the bytes a job reads.
+) -> tuple[Any, Any | None]:
+    """The array behind ``info`` twice: metered, and decoded by zarrs (None where it is not).
 
-    The plan's engine decodes only where every byte still passes the counting store: a
-    pipeline that would read the store past it (zarrs on a store it opens itself) is
-    refused, and zarr's own pipeline decodes instead.
+    The metered array passes every byte through a counting store, which zarrs cannot read
+    (it opens the store itself), so it always decodes with zarr's pipeline. The fast one
+    reads the store unwrapped; the :class:`BlockReader` counts its reads by stored size.
     """
-    if plan is not None:
-        engine.configure(plan.engine, plan.concurrency)
+    chosen = engine.configure(plan.engine, plan.concurrency) if plan is not None else "zarr"
     options = with_environment_key(url, storage_options)
     opened = open_store(url, storage_options=options, retry_timeout=job_retry_timeout())
-    store = metering.CountingStore(opened, job)
-    array = zarr.open_array(store=store, path=info.path, mode="r")
-    if engine.engine_of(array) != "zarr":  # it would read past the counting store
-        with zarr.config.set({"codec_pipeline.path": engine.PIPELINES["zarr"]}):
-            array = zarr.open_array(store=store, path=info.path, mode="r")
-    return array
+    fast = None
+    if chosen == "zarrs":
+        fast = zarr.open_array(store=_for_zarrs(opened), path=info.path, mode="r")
+        if engine.engine_of(fast) != "zarrs":  # a store zarrs cannot open itself
+            fast = None
+    with zarr.config.set({"codec_pipeline.path": engine.PIPELINES["zarr"]}):
+        metered = zarr.open_array(
+            store=metering.CountingStore(opened, job), path=info.path, mode="r"
+        )
+    return metered, fast
 
 
 def open_selection(
@@ -92,14 +114,19 @@ def open_selection(
     blocks tile the array from its origin, so their edges are chunk edges. Without a plan,
     one task per stored chunk (or shard).
     """
-    array = open_array(url, info, storage_options, job, plan)
+    metered, fast = open_arrays(url, info, storage_options, job, plan)
     block = plan.block if plan is not None else info.read_chunks
     chunks = tuple(
         chunk_boundaries(start, stop, size)
         for (start, stop), size in zip(ranges, block, strict=True)
     )
     reader = BlockReader(
-        array, ranges, info.chunks, job, plan.concurrency if plan is not None else None
+        metered,
+        ranges,
+        info.chunks,
+        job,
+        plan.concurrency if plan is not None else None,
+        fast,
     )
     # Keys name the job and the selection: on a shared scheduler (a warm pool), another
     # job's blocks must never stand in for this one's.

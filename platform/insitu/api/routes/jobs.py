@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 
@@ -109,8 +110,12 @@ async def job_logs(
     user: CurrentUser,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> LogChunk:
-    """The job's log from a byte offset; poll with ``next_offset`` to follow it."""
-    job = jobs.visible_job(session, user, job_id)
+    """The job's log from a byte offset; poll with ``next_offset`` to follow it.
+
+    The database work runs in worker threads; only the backend's read of the log awaits on
+    the event loop.
+    """
+    job = await run_in_threadpool(jobs.visible_job, session, user, job_id)
     complete = JobState(job.state).terminal
     if not job.handle:
         return LogChunk(text="", offset=offset, next_offset=offset, complete=complete)
@@ -121,9 +126,14 @@ async def job_logs(
     notice = ""
     if user.role != Role.ADMIN.value:  # admins read the whole log; owners within the budget
         fraction = request.app.state.settings.limits.result_fraction
-        window = egress.owner_log(session, job, data, offset, fraction)
+
+        def charge() -> egress.LogWindow:
+            window = egress.owner_log(session, job, data, offset, fraction)
+            session.commit()
+            return window
+
+        window = await run_in_threadpool(charge)
         data, next_offset, cut, notice = window.data, window.next_offset, window.cut, window.notice
-        session.commit()
     return LogChunk(
         text=data.decode("utf-8", errors="replace") + notice,
         offset=offset,
