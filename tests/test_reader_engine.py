@@ -159,7 +159,11 @@ def test_each_engine_decodes_the_same_selection_and_meters_the_same_bytes(
 @pytest.mark.parametrize("block", [(16, 32, 32), (32, 32, 64)])
 @pytest.mark.parametrize("whole", [False, True], ids=["selection", "whole"])
 def test_the_reader_decodes_with_zarrs_and_counts_every_byte(
-    name: str, block: tuple[int, int, int], whole: bool, place: Place
+    name: str,
+    block: tuple[int, int, int],
+    whole: bool,
+    place: Place,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The runtime's own reader reads with zarrs and counts what zarr's pipeline counts.
 
@@ -175,6 +179,7 @@ def test_the_reader_decodes_with_zarrs_and_counts_every_byte(
     url, open_writer, options = place
     expected = write(open_writer, case)
     info = inspect_store(url, storage_options=options).arrays[0]
+    monkeypatch.setattr(reader, "REMOTE_ZARRS_MIN_OBJECT_BYTES", 0)  # tiny test objects
     select = np.s_[:, :, :] if whole else case.select
     ranges = [s.indices(n)[:2] for s, n in zip(select, case.shape, strict=True)]
     totals, fast_blocks = {}, {}
@@ -207,6 +212,35 @@ def test_the_reader_decodes_with_zarrs_and_counts_every_byte(
         assert 0 < fast_blocks["zarrs"] < all_blocks or block == (32, 32, 64)
     else:  # every block starts inside a shard (x from 7): zarr's pipeline reads them
         assert fast_blocks["zarrs"] == 0
+
+
+@pytest.mark.s3
+def test_small_objects_in_an_object_store_are_read_by_zarrs_pipeline(
+    s3_home: tuple[SeaweedFS, Settings], tmp_path: Path
+) -> None:
+    """Counting zarrs' reads costs a HEAD per object: small remote objects stay on zarr's."""
+    pytest.importorskip("zarrs")
+    from insitu.blocks import ReadPlan
+    from insitu.catalog import inspect_store
+    from insitu.runtime import reader
+
+    case = CASES["2p uint16 zstd"]  # 32x64x48 uint16 chunks: 192 KiB
+    plan = ReadPlan(block=[32, 64, 48], engine="zarrs", concurrency=8)
+    remote_url, remote_writer, options = s3_place(s3_home)
+    local_url, local_writer, _ = local_place(tmp_path)
+    for url, writer, opts in (
+        (remote_url, remote_writer, options),
+        (local_url, local_writer, None),
+    ):
+        write(writer, case)
+        info = inspect_store(url, storage_options=opts).arrays[0]
+        metered, fast = reader.open_arrays(url, info, opts, plan=plan)
+        assert engine.engine_of(metered) == "zarr"
+        if url == remote_url:
+            assert fast is None
+        else:  # a stat per file costs next to nothing: zarrs reads local files of any size
+            assert fast is not None and engine.engine_of(fast) == "zarrs"
+    assert reader.REMOTE_ZARRS_MIN_OBJECT_BYTES > 32 * 64 * 48 * 2
 
 
 # -- choosing the engine --------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,6 +66,18 @@ class BlockReader:
         return np.asarray(block)
 
 
+#: Below this many decoded bytes per stored object, reads from an object store stay on
+#: zarr's pipeline: counting zarrs' reads takes one HEAD per object, and on 64^3 uint8
+#: chunks (256 KiB) that made the scan slower than zarr's (docs/benchmarks.md, the codec
+#: pipelines); on 2 MiB chunks and larger, and on local files (a stat), zarrs is faster.
+REMOTE_ZARRS_MIN_OBJECT_BYTES = 1 << 20
+
+
+def _object_bytes(array: Any) -> int:
+    """Decoded bytes of one stored object (chunk, or shard) of ``array``."""
+    return math.prod(metering.stored_shape(array)) * array.dtype.itemsize
+
+
 def _for_zarrs(store: Any) -> Any:
     """The store as zarrs recognises it: zarr's own ObjectStore class, not a subclass."""
     if isinstance(store, zarr.storage.ObjectStore) and type(store) is not zarr.storage.ObjectStore:
@@ -84,6 +97,8 @@ def open_arrays(
     The metered array passes every byte through a counting store, which zarrs cannot read
     (it opens the store itself), so it always decodes with zarr's pipeline. The fast one
     reads the store unwrapped; the :class:`BlockReader` counts its reads by stored size.
+    On an object store, arrays of small objects (under ``REMOTE_ZARRS_MIN_OBJECT_BYTES``)
+    get no fast array: each object's count would cost a request of its own.
     """
     chosen = engine.configure(plan.engine, plan.concurrency) if plan is not None else "zarr"
     options = with_environment_key(url, storage_options)
@@ -93,6 +108,10 @@ def open_arrays(
         fast = zarr.open_array(store=_for_zarrs(opened), path=info.path, mode="r")
         if engine.engine_of(fast) != "zarrs":  # a store zarrs cannot open itself
             fast = None
+        elif not isinstance(opened, zarr.storage.LocalStore) and _object_bytes(fast) < (
+            REMOTE_ZARRS_MIN_OBJECT_BYTES
+        ):
+            fast = None  # one HEAD per small object costs more than zarrs saves
     with zarr.config.set({"codec_pipeline.path": engine.PIPELINES["zarr"]}):
         metered = zarr.open_array(
             store=metering.CountingStore(opened, job), path=info.path, mode="r"
