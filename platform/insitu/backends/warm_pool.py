@@ -18,6 +18,7 @@ import psutil
 
 from insitu.backends.base import LaunchRequest
 from insitu.config import Settings
+from insitu.runtime.engine import decode_threads
 from insitu.runtime.pool import SCHEDULER_FILE, ZYGOTE_SOCKET, request_runner
 from insitu.units import format_size
 
@@ -68,7 +69,10 @@ class WarmPool:
                         stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL,
                         start_new_session=True,
-                        env=self.environment,
+                        env={
+                            **self.environment,
+                            **decode_threads(self.config.warm_pool_threads),
+                        },
                         cwd=self.directory,
                     )
                 )
