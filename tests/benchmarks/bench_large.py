@@ -440,6 +440,7 @@ def report(result: dict[str, Any]) -> str:
         "as zeros and counts them too: its rate is numpy's histogram kernel's on two cores "
         "(a py-spy dump of the workers during the run showed them computing it), not the "
         "reader's.",
+        *(["", f"Note: {result['note']}"] if result.get("note") else []),
         "",
         "![scan rate over time](benchmarks-large.png)",
         "",

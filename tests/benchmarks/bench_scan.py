@@ -477,6 +477,7 @@ def report(result: dict[str, Any]) -> str:
         "## Scan rate, platform overhead and scaling",
         "",
         f"Method: {result['method']}. Store: {result['data']['store']}.",
+        *(["", f"Note: {result['note']}"] if result.get("note") else []),
         "",
         "![scan rates](benchmarks-scan.png)",
         "",
