@@ -156,10 +156,18 @@ def causes(document: dict[str, Any]) -> str:
             lines += [
                 f"**API p99 with 60 clients ({kind}: submit and status p99 {goal['measured']}; "
                 f"p50 {f['submit_ms']['p50']} ms and {f['status_ms']['p50']} ms)**, with "
-                f"{where}. The sampling profile of the server under this load, each fix it "
-                "led to and its measured effect are in [`profile-api.md`](profile-api.md). "
-                "What remains is arithmetic: a closed loop of 60 clients waits about 60 "
-                "divided by the requests the machine completes a second, and after the fixes "
+                f"{where}. "
+                + (
+                    "These figures were recorded before the API's profile and its fixes "
+                    "(they have no noop setup beside them); the same load measured after the "
+                    "fixes is in [`profile-api.md`](profile-api.md), and the next `make "
+                    "bench` records it here. "
+                    if not any(v.get("backend") == "noop" for v in figures.values())
+                    else "The sampling profile of the server under this load, each fix it "
+                    "led to and its measured effect are in [`profile-api.md`](profile-api.md). "
+                )
+                + "What remains after the fixes is arithmetic: a closed loop of 60 clients "
+                "waits about 60 divided by the requests the machine completes a second, and "
                 "a submit still costs the two cores about 6 to 11 ms in the server (the "
                 "dispatcher's handling of its job included), 1.4 ms in the client and 2 ms in "
                 "PostgreSQL, so about 200 submits a second at best and some 300 ms of mean "
