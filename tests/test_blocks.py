@@ -179,34 +179,3 @@ def test_the_server_plans_the_blocks_from_its_setting_and_the_job_reads_in_them(
         assert done["progress"] == {"chunks_done": 18, "chunks_total": 18}
         expected = movie[1].astype(np.float64).mean(axis=0)
         np.testing.assert_allclose(api.result(done["id"], "mean"), expected, rtol=1e-6)
-
-
-@pytest.mark.slow
-def test_a_jobs_workers_decode_on_no_more_threads_than_it_was_given(
-    settings: Settings, movie: tuple[Path, np.ndarray], tmp_path: Path
-) -> None:
-    """zarrs' Rust thread pool is held to the worker's threads (it defaults to every core)."""
-    code = tmp_path / "probe"
-    code.mkdir()
-    (code / "threads_probe.py").write_text(
-        "import os\n"
-        "import dask\n\n\n"
-        "def probe(data, *, context):\n"
-        "    seen = dask.delayed(os.environ.get)('RAYON_NUM_THREADS').compute()\n"
-        "    return {'rayon': seen, 'sum': int(data.sum().compute())}\n"
-    )
-    with (
-        background_server(settings) as server,
-        Client(server.url, settings.admin_token_path.read_text().strip()) as api,
-    ):
-        api.register_dataset("b/movie", str(movie[0]), access="public")
-        for threads in (1, 2):
-            spec = {
-                "dataset": "b/movie",
-                "analysis": {"entrypoint": "threads_probe:probe"},
-                "resources": {"workers": 1, "threads_per_worker": threads},
-            }
-            done = api.wait(api.submit(spec, code=code)["id"], timeout=90)
-            assert done["state"] == "succeeded", done["error"]
-            assert api.result(done["id"], "rayon") == str(threads)
-            assert api.result(done["id"], "sum") == int(movie[1].sum(dtype=np.int64))

@@ -18,7 +18,6 @@ import psutil
 
 from insitu.backends.base import LaunchRequest
 from insitu.config import Settings
-from insitu.runtime.engine import decode_threads
 from insitu.runtime.pool import SCHEDULER_FILE, ZYGOTE_SOCKET, request_runner
 from insitu.units import format_size
 
@@ -69,10 +68,7 @@ class WarmPool:
                         stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL,
                         start_new_session=True,
-                        env={
-                            **self.environment,
-                            **decode_threads(self.config.warm_pool_threads),
-                        },
+                        env=self.environment,
                         cwd=self.directory,
                     )
                 )

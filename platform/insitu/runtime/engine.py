@@ -88,16 +88,6 @@ def configure(engine: str = "auto", concurrency: int | None = None) -> str:
     return chosen
 
 
-def decode_threads(threads: int) -> dict[str, str]:
-    """Environment that holds zarrs' decoding to a worker's ``threads``.
-
-    zarrs decodes on a Rust thread pool sized, by default, to every core of the machine, so
-    a worker of one thread would decode on all of them, beyond what its job was given. Set
-    in a worker process' environment before it starts.
-    """
-    return {"RAYON_NUM_THREADS": str(threads), "ZARR_THREADING__MAX_WORKERS": str(threads)}
-
-
 def engine_of(array: Any) -> str:
     """Which pipeline decodes ``array`` (a zarr Array or AsyncArray): "zarrs" or "zarr"."""
     pipeline = getattr(array, "_async_array", array).codec_pipeline

@@ -28,7 +28,7 @@ import numpy as np
 from insitu import __version__
 from insitu.blocks import block_count, plan_for_spec
 from insitu.errors import AnalysisFailed, BackendError, InsituError, ResultTooLarge
-from insitu.runtime import bundle, engine, metering
+from insitu.runtime import bundle, metering
 from insitu.runtime.context import RunContext
 from insitu.runtime.reader import open_selection
 from insitu.runtime.results import check_cap, encode, result_cap, too_large_message
@@ -198,12 +198,10 @@ def start_cluster(
             _wait_for_workers(client, wait_workers, wait_timeout)
         return client
     resources = job.spec.get("resources", {})
-    threads = int(resources.get("threads_per_worker", 1))
-    os.environ.update(engine.decode_threads(threads))  # the workers inherit it
     cluster = stack.enter_context(
         LocalCluster(
             n_workers=int(resources.get("workers", 1)),
-            threads_per_worker=threads,
+            threads_per_worker=int(resources.get("threads_per_worker", 1)),
             memory_limit=int(resources.get("memory_per_worker", DEFAULT_WORKER_MEMORY)),
             processes=job.worker_processes,
             dashboard_address=":0",  # a free port: jobs never clash on 8787
