@@ -43,6 +43,11 @@ class ArrayInfo(BaseModel):
         """The unit a reader should fetch: the shard if sharded, else the chunk."""
         return list(self.shards or self.chunks)
 
+    @property
+    def read_bytes(self) -> int:
+        """Decoded bytes of one unit a reader fetches (a shard, or a chunk)."""
+        return math.prod(self.read_chunks) * _itemsize(self.dtype)
+
 
 class DatasetInfo(BaseModel):
     """What registration learns about a store."""

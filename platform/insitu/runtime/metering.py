@@ -94,41 +94,26 @@ class CountingStore(WrapperStore[Store]):
         return (CountingStore, (self._store, self.job))
 
 
-def stored_shape(array: Any) -> tuple[int, ...]:
-    """Shape of one stored object of a zarr array: its chunk, or its shard when sharded."""
-    metadata = array.metadata
-    grid = getattr(metadata, "chunk_grid", None)
-    return tuple(grid.chunk_shape) if grid is not None else tuple(metadata.chunks)
-
-
-def fetches_whole_objects(array: Any, region: Sequence[tuple[int, int]]) -> bool:
-    """Whether reading ``region`` fetches each object it touches whole.
-
-    True for unsharded arrays (zarr fetches a chunk whole however little of it is read) and
-    for a region made of whole shards; a part of a shard is fetched as its index and some
-    of its chunks, which only a counting store can measure.
-    """
-    codecs = getattr(array.metadata, "codecs", ())
-    if not any(type(codec).__name__ == "ShardingCodec" for codec in codecs):
-        return True
+def whole_objects(
+    region: Sequence[tuple[int, int]], objects: Sequence[int], extent: Sequence[int]
+) -> bool:
+    """Whether the half-open ``region`` is made of whole stored objects (shards) of ``objects``
+    shape in an array of shape ``extent``: the edge objects may end at the array's edge."""
     return all(
-        start % size == 0 and (stop % size == 0 or stop == extent)
-        for (start, stop), size, extent in zip(
-            region, stored_shape(array), array.shape, strict=True
-        )
+        start % size == 0 and (stop % size == 0 or stop == end)
+        for (start, stop), size, end in zip(region, objects, extent, strict=True)
     )
 
 
-def stored_keys(array: Any, region: Sequence[tuple[int, int]]) -> list[str]:
-    """Store keys of the stored chunks (or shards) that the half-open ``region`` touches."""
-    shape = stored_shape(array)
+def stored_keys(array: Any, region: Sequence[tuple[int, int]], objects: Sequence[int]) -> list[str]:
+    """Store keys of the stored objects (chunks, or shards) of ``objects`` shape that the
+    half-open ``region`` touches."""
     axes = [
         range(start // size, (stop - 1) // size + 1)
-        for (start, stop), size in zip(region, shape, strict=True)
+        for (start, stop), size in zip(region, objects, strict=True)
     ]
-    metadata = array.metadata
     prefix = array.store_path.path
-    keys = [metadata.encode_chunk_key(coords) for coords in itertools.product(*axes)]
+    keys = [array.metadata.encode_chunk_key(coords) for coords in itertools.product(*axes)]
     return [f"{prefix}/{key}" if prefix else key for key in keys]
 
 
@@ -146,14 +131,18 @@ async def _sizes(store: Store, keys: list[str], concurrency: int) -> int:
 
 
 def count_stored(
-    array: Any, region: Sequence[tuple[int, int]], job: str = "", concurrency: int = 32
+    array: Any,
+    region: Sequence[tuple[int, int]],
+    objects: Sequence[int],
+    job: str = "",
+    concurrency: int = 32,
 ) -> int:
-    """Count, for ``job``, the stored size of every chunk a read of ``region`` fetched.
+    """Count, for ``job``, the stored size of every object a read of ``region`` fetched.
 
     For reads that pass no :class:`CountingStore` (a pipeline that reads the store itself,
     such as zarrs): the store is asked each object's size, a stat of a file or an S3 HEAD.
     """
-    keys = stored_keys(array, region)
+    keys = stored_keys(array, region, objects)
     nbytes = sync(_sizes(array.store_path.store, keys, max(1, concurrency)))
     add(nbytes=nbytes, job=job)
     return nbytes

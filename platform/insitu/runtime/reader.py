@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,8 +19,8 @@ from insitu.storage import job_retry_timeout, open_store, with_environment_key
 class BlockReader:
     """Reads blocks of a selection from a zarr array and counts what it delivers.
 
-    Dask pickles this object to the workers; each worker opens the store itself. The fast
-    ``array`` (zarrs, reading the store in Rust, see :mod:`insitu.runtime.engine`) reads
+    Dask pickles this object to the workers; each worker opens the store itself. The ``fast``
+    array (zarrs, reading the store in Rust, see :mod:`insitu.runtime.engine`) reads
     every block whose objects are fetched whole, and the stored size of those objects is
     counted; ``metered`` (zarr's pipeline through a :class:`~insitu.runtime.metering.CountingStore`)
     reads the rest, and every block when zarrs is not in force. The chunks of one block are
@@ -32,7 +31,7 @@ class BlockReader:
         self,
         metered: Any,
         ranges: list[tuple[int, int]],
-        chunks: Sequence[int],
+        info: ArrayInfo,
         job: str = "",
         concurrency: int | None = None,
         fast: Any | None = None,
@@ -40,25 +39,34 @@ class BlockReader:
         self.metered = metered
         self.fast = fast
         self.job = job
-        self.chunks = tuple(chunks)
+        self.chunks = tuple(info.chunks)
+        self.objects = tuple(info.read_chunks)  # what one GET fetches: a chunk, or a shard
+        self.sharded = info.shards is not None
+        self.extent = tuple(info.shape)
         self.concurrency = concurrency
         self.offsets = [start for start, _ in ranges]
         self.shape = tuple(stop - start for start, stop in ranges)
         self.dtype = metered.dtype
         self.ndim = len(self.shape)
 
+    def reads_fast(self, region: Sequence[tuple[int, int]]) -> bool:
+        """Whether zarrs reads ``region``: it is in force, and the region's objects are
+        fetched whole (any part of an unsharded chunk fetches it whole; a part of a shard
+        fetches its index and some chunks, which only the counting store can measure)."""
+        if self.fast is None:
+            return False
+        return not self.sharded or metering.whole_objects(region, self.objects, self.extent)
+
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
         region = [(s.start + off, s.stop + off) for s, off in zip(key, self.offsets, strict=True)]
         shifted = tuple(slice(start, stop) for start, stop in region)
-        fast = self.fast
-        if fast is not None and not metering.fetches_whole_objects(fast, region):
-            fast = None
+        fast = self.fast if self.reads_fast(region) else None
         if self.concurrency is not None:  # read in this (worker) process
             engine.configure("zarr" if fast is None else "zarrs", self.concurrency)
         if fast is not None:
             block = fast[shifted]
             if block.size:
-                metering.count_stored(fast, region, self.job, self.concurrency or 32)
+                metering.count_stored(fast, region, self.objects, self.job, self.concurrency or 32)
         else:
             block = self.metered[shifted]
         if block.size:
@@ -71,11 +79,6 @@ class BlockReader:
 #: chunks (256 KiB) that made the scan slower than zarr's (docs/benchmarks.md, the codec
 #: pipelines); on 2 MiB chunks and larger, and on local files (a stat), zarrs is faster.
 REMOTE_ZARRS_MIN_OBJECT_BYTES = 1 << 20
-
-
-def _object_bytes(array: Any) -> int:
-    """Decoded bytes of one stored object (chunk, or shard) of ``array``."""
-    return math.prod(metering.stored_shape(array)) * array.dtype.itemsize
 
 
 def _for_zarrs(store: Any) -> Any:
@@ -108,7 +111,7 @@ def open_arrays(
         fast = zarr.open_array(store=_for_zarrs(opened), path=info.path, mode="r")
         if engine.engine_of(fast) != "zarrs":  # a store zarrs cannot open itself
             fast = None
-        elif not isinstance(opened, zarr.storage.LocalStore) and _object_bytes(fast) < (
+        elif not isinstance(opened, zarr.storage.LocalStore) and info.read_bytes < (
             REMOTE_ZARRS_MIN_OBJECT_BYTES
         ):
             fast = None  # one HEAD per small object costs more than zarrs saves
@@ -142,7 +145,7 @@ def open_selection(
     reader = BlockReader(
         metered,
         ranges,
-        info.chunks,
+        info,
         job,
         plan.concurrency if plan is not None else None,
         fast,
