@@ -135,6 +135,29 @@ def test_a_waiting_gateway_listens_only_once_told_its_job(tmp_path: Path) -> Non
         process.wait(10)
 
 
+def test_a_config_caught_mid_write_is_read_again_until_whole(tmp_path: Path) -> None:
+    """An empty or cut-short config is not the job's: the gateway waits for all of it."""
+    from insitu.gateway.__main__ import GatewayConfigError, await_config
+
+    config = tmp_path / "gw.config.json"
+    whole = json.dumps({"dataset": "s3://data/a.zarr", "workspace": "s3://results/jobs/j"})
+    config.write_text(whole[:10])  # as a writer that has not finished
+
+    def finish() -> None:
+        time.sleep(0.3)
+        config.write_text(whole)
+
+    writer = threading.Thread(target=finish)
+    writer.start()
+    assert await_config(config)["dataset"] == "s3://data/a.zarr"
+    writer.join()
+    assert not config.exists()
+
+    config.write_text("[1, 2]")
+    with pytest.raises(GatewayConfigError, match="JSON object"):
+        await_config(config)
+
+
 def test_the_pool_hands_a_sandbox_only_to_a_job_of_its_shape() -> None:
     class Backend:
         config = DockerBackendSettings(warm_pool_size=1, warm_pool_workers=1, warm_pool_threads=2)

@@ -37,6 +37,7 @@ from insitu.gateway.server import Gateway, Upstream, WriteLimits, serve
 from insitu.relay import Address
 
 CONFIG_POLL = 0.01  # seconds between looks for an awaited config
+CONFIG_SETTLE = 5.0  # seconds a config that does not parse yet may take to be written whole
 
 
 class GatewayConfigError(ValueError):
@@ -59,15 +60,29 @@ def signer(values: dict[str, str]) -> Callable[[], Any]:
 
 
 def await_config(path: Path) -> dict[str, Any]:
-    """Wait for the server to write ``path``; read it and delete it (it holds keys)."""
+    """Wait for the server to write ``path``; read it and delete it (it holds keys).
+
+    A file caught mid-write (empty or cut short) is read again until it parses, for up to
+    ``CONFIG_SETTLE`` seconds; the server writes it atomically, a hand-started one may not.
+    """
+    unreadable_since: float | None = None
     while True:
         try:
             text = path.read_text()
         except FileNotFoundError:
             time.sleep(CONFIG_POLL)
             continue
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as exc:
+            now = time.monotonic()
+            unreadable_since = now if unreadable_since is None else unreadable_since
+            if now - unreadable_since < CONFIG_SETTLE:
+                time.sleep(CONFIG_POLL)
+                continue
+            path.unlink(missing_ok=True)
+            raise GatewayConfigError(f"{path} does not hold JSON: {exc}") from exc
         path.unlink(missing_ok=True)
-        config = json.loads(text)
         if not isinstance(config, dict):
             raise GatewayConfigError(f"{path} does not hold a JSON object")
         return config
