@@ -17,6 +17,7 @@ from insitu.config import Settings
 from insitu.runtime import bundle
 from insitu.states import JobState
 
+LONG_POLL_S = 20.0  # how long one question about a job may wait on the server for a change
 _ERRORS: dict[int, type[errors.InsituError]] = {
     400: errors.InvalidInput,
     401: errors.AuthenticationFailed,
@@ -341,6 +342,27 @@ class Client:
             if not chunk["text"]:
                 time.sleep(poll)
 
+    def job_change(
+        self, job_id: str, etag: str | None, *, wait: float = LONG_POLL_S
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """The job's record once it differs from the version ``etag`` names, waiting on the
+        server up to ``wait`` seconds (a long poll); ``None`` for a job still unchanged.
+        Returns the record and the ``ETag`` of its version (``None`` from a server that
+        names none: ask again after a pause)."""
+        headers = {"If-None-Match": etag} if etag else {}
+        params = {"wait": wait} if etag and wait > 0 else {}
+        response = self._request(
+            "GET",
+            f"/v1/jobs/{job_id}",
+            params=params,
+            headers=headers,
+            timeout=self._http.timeout.read + wait if self._http.timeout.read else None,
+        )
+        version = response.headers.get("ETag")
+        if response.status_code == 304:
+            return None, version
+        return response.json(), version
+
     def wait(
         self,
         job_id: str,
@@ -349,17 +371,27 @@ class Client:
         poll: float = 0.25,
         on_update: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Poll a job until it ends; ``on_update`` sees every record on the way."""
+        """Wait for a job to end; ``on_update`` sees every version of its record on the way.
+
+        The server answers when the job changes (a long poll); ``poll`` is the pause between
+        questions to a server that cannot wait."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        job: dict[str, Any] | None = None
+        etag: str | None = None
         while True:
-            job = self.job(job_id)
-            if on_update is not None:
-                on_update(job)
-            if JobState(job["state"]).terminal:
-                return job
+            left = LONG_POLL_S if deadline is None else deadline - time.monotonic()
+            changed, etag = self.job_change(job_id, etag, wait=max(0.0, min(LONG_POLL_S, left)))
+            if changed is not None:
+                job = changed
+                if on_update is not None:
+                    on_update(job)
+                if JobState(job["state"]).terminal:
+                    return job
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} is still {job['state']} after {timeout} s")
-            time.sleep(poll)
+                state = job["state"] if job else "unknown"
+                raise TimeoutError(f"job {job_id} is still {state} after {timeout} s")
+            if etag is None:
+                time.sleep(poll)
 
     def results(self, job_id: str) -> list[dict[str, Any]]:
         """The result files of a succeeded job."""

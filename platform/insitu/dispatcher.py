@@ -40,6 +40,7 @@ from insitu.services import fairshare, quotas
 from insitu.services.jobs import write_inputs
 from insitu.spec import Resources
 from insitu.states import JobState
+from insitu.threadsafe import call_in_loop
 from insitu.trusted import report, settle
 from insitu.units import format_duration
 
@@ -89,6 +90,9 @@ class Dispatcher:
         self._launched: dict[str, tuple[JobHandle, LaunchRequest]] = {}
         self._cleaned_up = False  # leftovers of an earlier run removed (once per start)
         self._database_down = False
+        #: Called with a job's id after each change of it is committed (from any thread):
+        #: the API wakes the requests that wait on it (insitu.api.changes).
+        self.on_change: Callable[[str], None] = lambda job_id: None
 
     def wake(self) -> None:
         """Run the next pass now (a job was submitted or cancelled); from any thread."""
@@ -96,18 +100,7 @@ class Dispatcher:
 
     def _set_soon(self, call: Callable[[], None]) -> None:
         """``call`` on the dispatcher's loop: an asyncio event is not thread-safe."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            call()
-            return
-        try:
-            here = asyncio.get_running_loop()
-        except RuntimeError:
-            here = None
-        if here is loop:
-            call()
-        else:
-            loop.call_soon_threadsafe(call)
+        call_in_loop(self._loop, call)
 
     async def run(self) -> None:
         """Reconcile until :meth:`stop`; survives errors in a pass (a database that is down
@@ -190,9 +183,11 @@ class Dispatcher:
             }
             decision = fairshare.pick(candidates, room, usage, now)
             by_id = {job.id: job for job in candidates}
+            changed = [job.id for job in decision.admit] + list(decision.expired)
             for job_id, reason in decision.waiting.items():
                 if by_id[job_id].reason != reason:
                     by_id[job_id].reason = reason
+                    changed.append(job_id)
             for job_id, reason in decision.expired.items():
                 job = by_id[job_id]
                 job.error, job.error_kind = reason, "expired"
@@ -203,6 +198,8 @@ class Dispatcher:
                     session, job, JobState.ADMITTED, f"admitted by dispatcher {self.owner}"
                 )
             session.commit()
+            for job_id in changed:
+                self.on_change(job_id)
             return decision.admit
 
     def _apply(self, job_id: str, to: JobState | None, reason: str = "", **fields: object) -> None:
@@ -217,7 +214,10 @@ class Dispatcher:
                 setattr(job, name, value)
             if to is not None and JobState(job.state) != to:
                 queries.transition(session, job, to, reason)
+            if not session.new and not session.is_modified(job):
+                return  # nothing changed (a pass with no news): no write, nobody to wake
             session.commit()
+        self.on_change(job_id)
 
     # -- backend steps ----------------------------------------------------------------------
 
@@ -495,3 +495,4 @@ class Dispatcher:
                 setattr(job, name, value)
             queries.transition(session, job, decided.state, decided.reason)
             session.commit()
+        self.on_change(job_id)

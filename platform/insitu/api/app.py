@@ -18,6 +18,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from insitu import __version__
+from insitu.api.changes import JobChanges
 from insitu.api.limits import BodyLimit
 from insitu.api.routes import audit, bundles, courses, datasets, health, jobs, url_roots, users
 from insitu.api.schemas import ERROR_RESPONSES
@@ -95,9 +96,11 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.server.threads
+        app.state.changes.bind(asyncio.get_running_loop())
         task = None
         if run_dispatcher:
             app.state.dispatcher = Dispatcher(settings, database, job_backend)
+            app.state.dispatcher.on_change = app.state.changes.changed
             task = asyncio.create_task(app.state.dispatcher.run(), name="insitu-dispatcher")
         try:
             yield
@@ -115,6 +118,7 @@ def create_app(
     )
     app.state.settings, app.state.db, app.state.backend = settings, database, job_backend
     app.state.dispatcher = None
+    app.state.changes = JobChanges()
 
     @app.exception_handler(InsituError)
     async def insitu_error(request: Request, exc: InsituError) -> JSONResponse:

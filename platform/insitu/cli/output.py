@@ -337,10 +337,17 @@ def watch(client: Client, job_ids: list[str], *, poll: float = 0.25) -> list[dic
             tasks[job_id] = progress.add_task(
                 job["state"], name=job["name"], total=None, ended=None
             )
+        versions: dict[str, str | None] = dict.fromkeys(job_ids)
         while True:
+            unfinished = [i for i in job_ids if not JobState(jobs[i]["state"]).terminal]
+            # One job: the server answers when it changes (at most a second, so the bar
+            # moves); several: each is asked in turn, then a pause.
+            wait = 1.0 if len(unfinished) == 1 else 0.0
+            for job_id in unfinished:
+                changed, versions[job_id] = client.job_change(job_id, versions[job_id], wait=wait)
+                if changed is not None:
+                    jobs[job_id] = changed
             for job_id in job_ids:
-                if not JobState(jobs[job_id]["state"]).terminal:
-                    jobs[job_id] = client.job(job_id)
                 job, task = jobs[job_id], tasks[job_id]
                 done, total = job["progress"]["chunks_done"], job["progress"]["chunks_total"]
                 progress.update(task, description=job["state"], completed=done, total=total or None)
@@ -349,4 +356,5 @@ def watch(client: Client, job_ids: list[str], *, poll: float = 0.25) -> list[dic
                     progress.stop_task(task)
             if all(JobState(job["state"]).terminal for job in jobs.values()):
                 return [jobs[job_id] for job_id in job_ids]
-            time.sleep(poll)
+            if wait == 0.0 or versions[unfinished[0]] is None:
+                time.sleep(poll)

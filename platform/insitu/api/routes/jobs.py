@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
@@ -32,6 +35,9 @@ from insitu.states import JobState
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 MAX_OFFSET = 2**53  # past any list or log; larger numbers overflow the database's integers
+MAX_WAIT_S = 60.0  # longest long poll on a job
+RECHECK_S = 2.0  # a waiting request looks again this often (changes made elsewhere)
+REPLICA_RECHECK_S = 0.25  # ... and this often in an API replica, which no dispatcher wakes
 
 
 # The JSON routes run their whole unit of work in one worker thread (CallerDep) and
@@ -73,12 +79,50 @@ async def list_jobs(
     return await caller.answer(work)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
-async def get_job(job_id: str, caller: CallerDep) -> Response:
-    """A job's state, progress, and the bytes it scanned and returned."""
-    return await caller.answer(
-        lambda s, user: JobPublic.of(jobs.visible_job(s, user, job_id)), read_only=True
-    )
+@router.get(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses={304: {"description": "The job is still as the ETag in If-None-Match says."}},
+)
+async def get_job(
+    job_id: str,
+    request: Request,
+    caller: CallerDep,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_S,
+            description="With If-None-Match: seconds to wait for the job to change before "
+            "answering 304 (a long poll, instead of asking again and again).",
+        ),
+    ] = 0,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """A job's state, progress, and the bytes it scanned and returned.
+
+    Its ``ETag`` names this version of the record: sent back in ``If-None-Match``, the
+    answer is 304 while the job is unchanged, after up to ``wait`` seconds of waiting for
+    it to change (its state, progress or figures)."""
+
+    def encoded(session: Session, user: User) -> bytes:
+        job = JobPublic.of(jobs.visible_job(session, user, job_id))
+        return job.model_dump_json(by_alias=True).encode()
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    # This process's dispatcher reports its changes at once; other changes are seen by
+    # looking again (API replicas have no dispatcher of their own).
+    recheck = RECHECK_S if request.app.state.dispatcher is not None else REPLICA_RECHECK_S
+    while True:
+        body = await caller.run(encoded, read_only=True)
+        etag = f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+        if if_none_match is None or (etag not in if_none_match and if_none_match.strip() != "*"):
+            return Response(body, media_type="application/json", headers={"ETag": etag})
+        remaining = deadline - loop.time()
+        if remaining <= 0 or JobState(json.loads(body)["state"]).terminal:
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+        await request.app.state.changes.wait(job_id, min(remaining, recheck))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED)
