@@ -112,6 +112,8 @@ class Bench:
         self.store = psutil.Process(store_pid) if store_pid else None
         #: CPU seconds the object store spent per run, by contender
         self.store_cpu: dict[str, list[float]] = {"platform": [], "handwritten": []}
+        #: Where the machine's CPU went per run, by contender (see :meth:`_cpu_parts`)
+        self.cpu_parts: dict[str, list[dict[str, float]]] = {"platform": [], "handwritten": []}
         self.handwritten_phases: list[dict[str, float]] = []
         token = settings.admin_token_path.read_text().strip()
         self.client = Client(server.url, token, timeout=600)
@@ -143,11 +145,31 @@ class Bench:
                 self.client.result(done["id"], result["key"])
             return done
 
-        before = self._store_cpu()
+        before, cpu = self._store_cpu(), self._cpu()
         seconds, job = common.timed(run)
         self.store_cpu["platform"].append(self._store_cpu() - before)
+        self.cpu_parts["platform"].append(self._cpu_parts(cpu, seconds))
         self.jobs.append(job)
         return seconds
+
+    def _cpu(self) -> tuple[float, float, float]:
+        """CPU seconds so far: the whole machine's, this process' own (the server and the
+        client; not its children) and the object store's."""
+        machine, own = psutil.cpu_times(), psutil.Process().cpu_times()
+        busy = machine.user + machine.nice + machine.system + machine.irq + machine.softirq
+        return busy, own.user + own.system, self._store_cpu()
+
+    def _cpu_parts(self, before: tuple[float, float, float], wall: float) -> dict[str, float]:
+        """Where the machine's CPU went during one run: the server and client (this
+        process), the object store, the job's processes (the rest: the runner and its
+        workers, or the script and its workers) and the cores left idle."""
+        busy, own, store = (b - a for a, b in zip(before, self._cpu(), strict=True))
+        return {
+            "server_and_client": own,
+            "store": store,
+            "job": busy - own - store,
+            "idle_cores": (os.cpu_count() or 1) * wall - busy,
+        }
 
     def _store_cpu(self) -> float:
         if self.store is None:
@@ -189,11 +211,12 @@ class Bench:
                 f"--endpoint={self.settings.storage.endpoint_url}",
             ]
             env = {**os.environ, **self.job_env}
-            before = self._store_cpu()
+            before, cpu = self._store_cpu(), self._cpu()
             seconds, done = common.timed(
                 lambda: subprocess.run(command, env=env, check=True, capture_output=True, text=True)
             )
             self.store_cpu["handwritten"].append(self._store_cpu() - before)
+            self.cpu_parts["handwritten"].append(self._cpu_parts(cpu, seconds))
         self.handwritten_phases.append(json.loads(done.stdout.strip().splitlines()[-1]))
         return seconds
 
@@ -282,6 +305,8 @@ def measure(
             bench.handwritten_phases.clear()
             for runs_ in bench.store_cpu.values():
                 runs_.clear()
+            for parts in bench.cpu_parts.values():
+                parts.clear()
             runs = common.interleaved(
                 {
                     "platform": partial(bench.platform, work, workers),
@@ -295,6 +320,13 @@ def measure(
             compared["store_cpu_share"] = {
                 name: round(common.median(cpu[1:]) / (cores * common.median(runs[name])), 3)
                 for name, cpu in bench.store_cpu.items()
+            }
+            compared["cpu_s"] = {
+                name: {
+                    part: round(common.median([run[part] for run in parts[1:]]), 2)
+                    for part in parts[0]
+                }
+                for name, parts in bench.cpu_parts.items()
             }
             entry["by_workers"][str(workers)] = compared
         out[work.name] = entry
@@ -514,6 +546,24 @@ def report(result: dict[str, Any]) -> str:
                 f"| {name} | {workers} | {b['startup']} | {b['compute']} | "
                 f"{b['after_compute']} | {b['api_and_polling']} |"
             )
+    if any("cpu_s" in c for e in result["figures"].values() for c in e["by_workers"].values()):
+        lines += [
+            "",
+            "Where the machine's CPU went per run (medians, CPU seconds; idle: core-seconds "
+            "no process used). Server and client: the insitu server, its dispatcher and the "
+            "client waiting for the job (the hand-written script has none); job: the runner "
+            "and its workers, or the script and its workers; store: SeaweedFS:",
+            "",
+            "| workload | workers | contender | server and client | job | store | idle cores |",
+            "|---|---:|---|---:|---:|---:|---:|",
+        ]
+        for name, entry in result["figures"].items():
+            for workers, c in entry["by_workers"].items():
+                for contender, cpu in c.get("cpu_s", {}).items():
+                    lines.append(
+                        f"| {name} | {workers} | {contender} | {cpu['server_and_client']} | "
+                        f"{cpu['job']} | {cpu['store']} | {cpu['idle_cores']} |"
+                    )
     lines += ["", "Where an insitu job's time goes (medians, seconds):", ""]
     first = next(iter(result["figures"].values()))
     keys = list(next(iter(first["by_workers"].values()))["job_phases"])

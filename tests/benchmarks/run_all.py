@@ -209,8 +209,21 @@ def scan_causes(document: dict[str, Any]) -> list[str]:
             for w, v in by.items()
         )
         said = "; ".join(f"{g['goal'].split(': ', 1)[1]}: {g['measured']}" for g in mine)
+        cpu = c.get("cpu_s")
+        spent = (
+            f" With {most} workers both cores are busy, so every CPU second the platform "
+            "spends beside the analysis lengthens the run: per run insitu's server, "
+            f"dispatcher and waiting client used {cpu['platform']['server_and_client']} CPU s, "
+            f"its runner and workers {cpu['platform']['job']} s against the script's "
+            f"{cpu['handwritten']['job']} s, the store {cpu['platform']['store']} s against "
+            f"{cpu['handwritten']['store']} s, and {cpu['platform']['idle_cores']} core-seconds "
+            f"were left idle against {cpu['handwritten']['idle_cores']} (the job's start and "
+            "its end noticed by the dispatcher's pass)."
+            if cpu
+            else ""
+        )
         lines += [
-            f"**{name}** ({said}). End to end against the script, term by term: {terms}. "
+            f"**{name}** ({said}). End to end against the script, term by term: {terms}.{spent} "
             f"With {most} workers the job computed at {job_rate} MB/s and the script at "
             f"{hand_rate:.0f} MB/s ({job_rate / hand_rate:.2f}x). Decoding and reducing "
             f"alone, on every core from a local copy, insitu's reader runs at {reader} MB/s "

@@ -35,6 +35,10 @@ def test_the_scan_benchmark_runs_and_reports(tmp_path: Path) -> None:
         "after_compute",
         "api_and_polling",
     }
+    cpu = compare["cpu_s"]  # where the machine's CPU went, per contender
+    assert set(cpu) == {"platform", "handwritten"}
+    assert all(c["job"] > 0 and c["store"] >= 0 for c in cpu.values())
+    assert cpu["platform"]["server_and_client"] > 0  # the script has no server
     assert movie["local_reader"]["rate_mb_s"] > 0  # the limit, read as jobs read
     assert [g["target"] for g in result["goals"]] == [1.05, 1.2, 0.8] * len(figures)
     assert all(isinstance(g["met"], bool) and g["measured"] > 0 for g in result["goals"])
@@ -44,4 +48,5 @@ def test_the_scan_benchmark_runs_and_reports(tmp_path: Path) -> None:
     run_all.write_docs({"scan": result}, docs)
     text = (docs / "benchmarks.md").read_text()
     assert "## Scan rate, platform overhead and scaling" in text and "EM histogram" in text
+    assert "| server and client | job | store | idle cores |" in text
     assert (docs / "benchmarks-scan.png").read_bytes().startswith(b"\x89PNG")
