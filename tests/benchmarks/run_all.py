@@ -173,9 +173,12 @@ def causes(document: dict[str, Any]) -> str:
                 "PostgreSQL, so about 200 submits a second at best and some 300 ms of mean "
                 "wait, twice the p99 goal, however the requests are scheduled. The largest "
                 "remaining costs are HTTP parsing and the ASGI stack (`httptools` and `uvloop` "
-                "measured a third less), the ORM's loading of the caller and the job, and the "
-                "dispatcher's work in the process that also serves; more cores for the API "
-                "processes (`INSITU_SERVER__PROCESSES`) spread the rest.",
+                "cut a status answer's server CPU by about a third and its p99 by a fifth, but "
+                "made the submits' p99 worse in two runs of two, so they are not added), the "
+                "ORM's loading of the caller and the job, and the dispatcher's work in the "
+                "process that also serves; two API processes lowered the medians, not the "
+                "p99s, on two cores shared with the clients; more cores for the API processes "
+                "(`INSITU_SERVER__PROCESSES`) spread the rest.",
                 "",
             ]
     if len(lines) == 2:
@@ -222,6 +225,14 @@ def scan_causes(document: dict[str, Any]) -> list[str]:
             if cpu
             else ""
         )
+        after = c["overhead_breakdown_s"]["after_compute"]
+        if after > 0.2:
+            spent += (
+                f" After the compute, +{after:.2f} s is the result's way back: "
+                f"{c['bytes_returned'] / 1e6:.0f} MB written to the job's workspace in the "
+                "object store, checked and hashed by the server, then fetched through it, "
+                "where the script saves its array to a local file."
+            )
         lines += [
             f"**{name}** ({said}). End to end against the script, term by term: {terms}.{spent} "
             f"With {most} workers the job computed at {job_rate} MB/s and the script at "
