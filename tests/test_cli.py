@@ -394,3 +394,30 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert "reusing" in again.stderr
+
+
+def test_the_kubernetes_backend_refuses_a_workspace_its_pods_cannot_reach(tmp_path: Path) -> None:
+    """`insitu server --backend kubernetes` says what to set, before serving anything."""
+    from insitu.backends.kubernetes_backend import check_pods_reach
+
+    env = {"INSITU_HOME": str(tmp_path)}
+    args = ["server", "--backend", "kubernetes", "--port", "0"]
+    local = CliRunner().invoke(app, args, env=env)  # the default: a folder of the server's
+    assert_one_error_line(local, "cannot reach the workspace file://", "INSITU_WORKSPACE_URL")
+    loopback = CliRunner().invoke(
+        app,
+        args,
+        env={
+            **env,
+            "INSITU_WORKSPACE_URL": "s3://insitu-results/jobs",
+            "INSITU_STORAGE__ENDPOINT_URL": "http://127.0.0.1:8333",
+        },
+    )
+    assert_one_error_line(loopback, "http://127.0.0.1:8333", "INSITU_STORAGE__ENDPOINT_URL")
+    reachable = Settings(
+        home=tmp_path,
+        workspace_url="s3://insitu-results/jobs",
+        storage={"endpoint_url": "http://seaweedfs.insitu.svc:8333"},
+    )
+    check_pods_reach(reachable)  # a store in the cluster: accepted
+    check_pods_reach(reachable.model_copy(update={"storage": Settings().storage}))  # AWS S3

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from insitu.backends.base import (
     LABEL_COMPONENT,
@@ -129,6 +130,32 @@ def runner_exit(pod: dict[str, Any] | None) -> tuple[int | None, str | None]:
             detail = "the runner ran out of memory (OOMKilled)" if reason == "OOMKilled" else None
             return terminated.get("exitCode"), detail
     return None, None
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+
+
+def check_pods_reach(settings: Settings) -> None:
+    """Refuse settings under which a job's pods could not reach its workspace.
+
+    Pods run on the cluster's nodes: a ``file://`` workspace is a folder of the server's pod,
+    and a store on ``localhost`` is the pod's own loopback.
+    """
+    url = settings.resolved_workspace_url
+    if not url.startswith("s3://"):
+        raise InvalidInput(
+            f"the kubernetes backend runs jobs in pods, which cannot reach the workspace {url}: "
+            "set INSITU_WORKSPACE_URL to an s3:// prefix (e.g. s3://insitu-results/jobs) in "
+            "a bucket the cluster reaches"
+        )
+    endpoint = settings.storage.endpoint_url
+    host = urlsplit(endpoint).hostname if endpoint else None
+    if host in LOOPBACK_HOSTS:
+        raise InvalidInput(
+            f"the kubernetes backend runs jobs in pods, for which the object store at "
+            f"{endpoint} is their own loopback: set INSITU_STORAGE__ENDPOINT_URL to an address "
+            "the cluster reaches (or leave it unset for AWS S3)"
+        )
 
 
 class KubernetesBackend(Backend):

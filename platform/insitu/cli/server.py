@@ -41,6 +41,7 @@ class BackendChoice(str, Enum):
 
     LOCAL = "local"
     DOCKER = "docker"
+    KUBERNETES = "kubernetes"
 
 
 def server(
@@ -67,8 +68,8 @@ def server(
         BackendChoice | None,
         typer.Option(
             "--backend",
-            help="Where jobs run: 'local' processes or 'docker' containers (default: "
-            "INSITU_BACKEND, else local).",
+            help="Where jobs run: 'local' processes, 'docker' containers or 'kubernetes' "
+            "pods (default: INSITU_BACKEND, else local).",
         ),
     ] = None,
 ) -> None:
@@ -84,6 +85,10 @@ def server(
         from insitu.images import docker_client
 
         docker_client(settings.docker.base_url).close()  # a clear error now, not at a job
+    if settings.backend == "kubernetes":
+        from insitu.backends.kubernetes_backend import check_pods_reach
+
+        check_pods_reach(settings)  # now, not when the first job's pods cannot read
     if settings.server.port:
         _check_port_free(settings.server.host, settings.server.port)
     err = output.stderr()
