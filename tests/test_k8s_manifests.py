@@ -197,6 +197,20 @@ def test_pods_are_placed_by_the_data_and_locked_down(k8s: KubernetesBackendSetti
     assert zone["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["eu-central-1b"]
 
 
+def test_the_runner_outwaits_the_backends_scheduling_limit(
+    k8s: KubernetesBackendSettings,
+) -> None:
+    """One setting: a slow scale-up fails with the scheduler's reason, given by the backend
+    after pending_timeout, never first with the runner's "only 0 of N workers"."""
+    for pending in (600.0, 120.0, 1800.0):
+        settings = k8s.model_copy(update={"pending_timeout": pending})
+        job = daskjob(_requests()["s3"], image="img:1", settings=settings, server_id="srv")
+        args = _pod_specs(job)["runner"]["containers"][0]["args"]
+        waits = float(args[args.index("--wait-timeout") + 1])
+        assert pending < waits <= pending + 120, (pending, waits)
+        assert args[args.index("--wait-workers") + 1] == "4"
+
+
 def test_a_job_reaches_only_its_cluster_dns_and_its_gateway(
     k8s: KubernetesBackendSettings,
 ) -> None:

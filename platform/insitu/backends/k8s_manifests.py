@@ -26,6 +26,7 @@ SCHEDULER_PORT, DASHBOARD_PORT = 8786, 8787
 RUN_AS = 10001
 SPOT_TAINT = ("insitu.io/spot", "true")
 GPU_RESOURCE = "nvidia.com/gpu"
+RUNNER_WAIT_MARGIN_S = 60.0  # the runner outwaits the backend's pending_timeout by this much
 
 
 GATEWAY_COMPONENT = "store-gateway"
@@ -162,9 +163,13 @@ def _resources(cpu: str | float, memory: str | int, gpu: int = 0) -> dict[str, A
     return {"requests": requests, "limits": limits}
 
 
-def _runner_args(workspace_url: str, workers: int) -> list[str]:
-    # The operator gives the runner pod DASK_SCHEDULER_ADDRESS; the runtime reads it.
-    return ["python", "-m", "insitu.runtime", workspace_url, "--wait-workers", str(workers)]
+def _runner_args(workspace_url: str, workers: int, wait_s: float) -> list[str]:
+    # The operator gives the runner pod DASK_SCHEDULER_ADDRESS; the runtime reads it. The
+    # runner waits for its workers a little longer than the backend lets a pod wait to be
+    # scheduled (pending_timeout): a slow scale-up ends with the scheduler's reason, given by
+    # the backend, not with the runner's "only 0 of N workers".
+    return ["python", "-m", "insitu.runtime", workspace_url,
+            "--wait-workers", str(workers), "--wait-timeout", str(int(wait_s))]  # fmt: skip
 
 
 def _scheduler_args() -> list[str]:
@@ -199,7 +204,9 @@ def daskjob(
         {
             "name": "runner",
             "image": image,
-            "args": _runner_args(request.workspace_url, res.workers),
+            "args": _runner_args(
+                request.workspace_url, res.workers, settings.pending_timeout + RUNNER_WAIT_MARGIN_S
+            ),
             "env": _env({**env, **(runner_env or {})}),
             "resources": _resources(1, settings.runner_memory),
         },
