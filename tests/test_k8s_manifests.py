@@ -302,3 +302,57 @@ def test_images_are_checked_at_submit(settings: Settings) -> None:
         backend.check_image("Bad Image!")
     with pytest.raises(InvalidInput, match=r"set analysis\.image"):
         backend.check_image(None)
+
+
+def test_a_job_the_tenant_quota_could_never_hold_is_refused_naming_the_quota(
+    settings: Settings, movie: tuple[Path, Any]
+) -> None:
+    """Kubernetes never creates a pod over quota, so the job would wait with no reason."""
+    from insitu.backends.k8s_manifests import quota_problems
+    from insitu.client import Client
+    from insitu.errors import InvalidInput as Refused
+    from insitu.server import BackgroundServer
+    from insitu.units import parse_size
+
+    defaults = Settings()
+    quota, limits = defaults.kubernetes.quota, defaults.limits
+    # The container limits admit the largest worker the server's own limits admit.
+    widest = Resources(
+        workers=1,
+        threads_per_worker=limits.max_threads_per_worker,
+        memory_per_worker=limits.max_memory_per_worker,
+    )
+    assert quota_problems(widest, defaults.kubernetes) == []
+    assert quota_problems(Resources(), defaults.kubernetes) == []
+    (gpus,) = quota_problems(Resources(workers=2, gpu=1), defaults.kubernetes)
+    assert "GPUs of the job (workers x gpu), 2," in gpus and "QUOTA__GPUS" in gpus
+    big = Resources(workers=8, threads_per_worker=8, memory_per_worker=parse_size("16GiB"))
+    problems = quota_problems(big, defaults.kubernetes)
+    assert any("66" in p and f"quota of {quota.cpu} " in p and "QUOTA__CPU)" in p for p in problems)
+    assert any("QUOTA__MEMORY)" in p for p in problems)
+    raised = defaults.kubernetes.model_copy(
+        update={"quota": quota.model_copy(update={"cpu": "80", "memory": "200Gi", "gpus": 4})}
+    )
+    assert quota_problems(big, raised) == quota_problems(Resources(workers=2, gpu=1), raised) == []
+
+    # Through the API: a 422 that says which quota, and nothing queued.
+    k8s = settings.model_copy(
+        update={
+            "backend": "kubernetes",
+            "kubernetes": KubernetesBackendSettings(gateway_image="registry.example.org/i:1"),
+        }
+    )
+    server = BackgroundServer(k8s, run_dispatcher=False).start()  # no cluster is called
+    try:
+        with Client(server.url, settings.admin_token_path.read_text().strip()) as api:
+            api.register_dataset("lab/movie", str(movie[0]))
+            spec = {
+                "dataset": "lab/movie",
+                "analysis": {"entrypoint": "m:f", "image": "registry.example.org/lab/a:1"},
+                "resources": {"workers": 1, "gpu": 1},
+            }
+            with pytest.raises(Refused, match=r"could never start.*QUOTA__GPUS"):
+                api.submit(spec)
+            assert api.jobs() == []
+    finally:
+        server.stop()

@@ -236,7 +236,9 @@ class TenantQuota(BaseModel):
     pods: int = Field(64, ge=1, description="Most pods at once.")
     jobs: int = Field(8, ge=1, description="Most DaskJobs at once.")
     gpus: int = Field(0, ge=0, description="Most GPUs at once.")
-    container_cpu: str = Field("4", description="Most CPU of one container.")
+    container_cpu: str = Field(
+        "8", description="Most CPU of one container (a worker's threads_per_worker)."
+    )
     container_memory: str = Field("16Gi", description="Most memory of one container.")
 
 

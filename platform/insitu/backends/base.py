@@ -154,6 +154,9 @@ class Backend(ABC):
     def check_image(self, image: str | None) -> None:  # noqa: B027 (optional hook)
         """Refuse, with a message, an image this backend cannot run jobs in (blocking)."""
 
+    def check_resources(self, resources: Resources) -> None:  # noqa: B027 (optional hook)
+        """Refuse, with a message, resources this backend could never give a job."""
+
     async def cleanup_orphans(self, live_job_ids: set[str]) -> list[str]:
         """Remove infrastructure of jobs not in ``live_job_ids``; return their ids."""
         return []

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from insitu.backends.base import LABEL_COMPONENT, LABEL_JOB, LaunchRequest
 from insitu.config import KubernetesBackendSettings
+from insitu.spec import Resources
+from insitu.units import format_size
 
 LABEL_SERVER = "insitu.io/server"
 LABEL_TENANT = "insitu.io/tenant"
@@ -346,6 +348,44 @@ def job_network_policy(
             ],
         },
     }
+
+
+def quota_problems(res: Resources, settings: KubernetesBackendSettings) -> list[str]:
+    """Why a job of ``res`` could never run under one tenant's quota (nothing if it can).
+
+    Kubernetes refuses a pod over its namespace's quota or limits without ever creating it,
+    so such a job would wait with no reason given: it is refused at submit instead, naming
+    the setting that bounds it.
+    """
+    from kubernetes.utils import parse_quantity
+
+    quota = settings.quota
+    memory = (
+        res.workers * int(res.memory_per_worker)
+        + int(parse_quantity(settings.runner_memory))
+        + int(parse_quantity(settings.scheduler_memory))
+    )
+    # (what, needed, its display, the quota, its setting)
+    checks: list[tuple[str, float, str, str, str]] = [
+        ("CPU of one worker (threads_per_worker)", res.threads_per_worker,
+         str(res.threads_per_worker), quota.container_cpu, "CONTAINER_CPU"),
+        ("memory of one worker", int(res.memory_per_worker),
+         format_size(res.memory_per_worker), quota.container_memory, "CONTAINER_MEMORY"),
+        ("CPU of the job (workers x threads, and 1 each for its runner and scheduler)",
+         res.cores + 2, str(res.cores + 2), quota.cpu, "CPU"),
+        ("memory of the job (its workers, runner and scheduler)", memory,
+         format_size(memory), quota.memory, "MEMORY"),
+        ("pods of the job (its workers, runner and scheduler)", res.workers + 2,
+         str(res.workers + 2), str(quota.pods), "PODS"),
+        ("GPUs of the job (workers x gpu)", res.workers * res.gpu,
+         str(res.workers * res.gpu), str(quota.gpus), "GPUS"),
+    ]  # fmt: skip
+    return [
+        f"the {what}, {shown}, exceeds the tenant quota of {limit} "
+        f"(INSITU_KUBERNETES__QUOTA__{setting})"
+        for what, needed, shown, limit, setting in checks
+        if needed > parse_quantity(limit)
+    ]
 
 
 def tenant_manifests(

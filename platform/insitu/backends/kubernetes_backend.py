@@ -51,6 +51,7 @@ from insitu.backends.k8s_manifests import (
     gateway_endpoint,
     gateway_name,
     job_network_policy,
+    quota_problems,
     tenant_manifests,
     tenant_namespace,
 )
@@ -64,6 +65,7 @@ from insitu.backends.store_gateway import (
 from insitu.config import Settings
 from insitu.errors import BackendError, InvalidInput
 from insitu.gateway.policy import ADMIN_HEADER, ADMIN_PREFIX
+from insitu.spec import Resources
 
 # An image reference: [registry[:port]/]path[:tag][@digest]
 _IMAGE = re.compile(
@@ -235,6 +237,14 @@ class KubernetesBackend(Backend):
 
     def check_image(self, image: str | None) -> None:
         self._image(image)
+
+    def check_resources(self, resources: Resources) -> None:
+        problems = quota_problems(resources, self.config)
+        if problems:
+            raise InvalidInput(
+                "the job could never start on this cluster: " + "; ".join(problems) + ". Ask "
+                "for less in resources, or ask the operator to raise the quota"
+            )
 
     # -- tenants ------------------------------------------------------------------------------
 

@@ -128,6 +128,7 @@ def submit(
         BundleStore(settings).require(session, owner, code_bundle)
     if backend is not None:
         backend.check_image(spec.analysis.image)
+        backend.check_resources(spec.resources)
 
     job_id = new_job_id()
     workspace_url = f"{settings.resolved_workspace_url}/{job_id}"
