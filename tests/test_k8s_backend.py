@@ -259,3 +259,82 @@ async def test_an_unreachable_cluster_is_a_clear_error(k8s_settings: Settings) -
     backend = KubernetesBackend(k8s_settings, api_client=api_client("http://127.0.0.1:9"))
     with pytest.raises(BackendError, match="Kubernetes"):
         await backend.start(_request())
+
+
+def _worker_pod(container_status: dict[str, Any], component: str = "worker") -> dict[str, Any]:
+    """A pod of the job as the API server reports it, checked against the Pod schema."""
+    import kubernetes_validate
+
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{JOB}-{component}-0",
+            "namespace": NAMESPACE,
+            "labels": {"insitu.io/job-id": JOB, "insitu.io/component": component},
+        },
+        "spec": {"containers": [{"name": component, "image": "registry.example.org/a:1"}]},
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [
+                {
+                    "name": component,
+                    "image": "registry.example.org/a:1",
+                    "imageID": "",
+                    "ready": False,
+                    **container_status,
+                }
+            ],
+        },
+    }
+    kubernetes_validate.validate(pod, "1.30", strict=True)
+    return pod
+
+
+OOM = {"exitCode": 137, "reason": "OOMKilled", "startedAt": "2026-12-07T09:00:05Z",
+       "finishedAt": "2026-12-07T09:00:45Z"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("component", "status", "expected"),
+    [
+        (  # the kernel killed a worker, Kubernetes restarted it: it runs, for now
+            "worker",
+            {"restartCount": 1, "state": {"running": {}}, "lastState": {"terminated": OOM}},
+            "a worker (pod j-0123456789ab-worker-0) ran out of memory (OOMKilled): ask for "
+            "more resources.memory_per_worker",
+        ),
+        (
+            "runner",
+            {"restartCount": 0, "state": {"terminated": OOM}},
+            "the job's runner (pod j-0123456789ab-runner-0) ran out of memory (OOMKilled): the "
+            "analysis brought too much into it",
+        ),
+        (
+            "worker",
+            {
+                "restartCount": 5,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s"}},
+                "lastState": {"terminated": {**OOM, "exitCode": 1, "reason": "Error"}},
+            },
+            "pod j-0123456789ab-worker-0 keeps crashing (CrashLoopBackOff after 5 restarts, "
+            "exit code 1: Error)",
+        ),
+        ("worker", {"restartCount": 0, "state": {"running": {}}, "lastState": {}}, None),
+    ],
+)
+def test_crashing_and_out_of_memory_pods_give_reasons_for_their_part(
+    component: str, status: dict[str, Any], expected: str | None
+) -> None:
+    """Advice follows the pod: memory_per_worker for a worker, never for the runner."""
+    from datetime import datetime, timezone
+
+    from insitu.backends.kubernetes_backend import pod_problem
+
+    problem = pod_problem(_worker_pod(status, component), datetime.now(timezone.utc), 600)
+    if expected is None:
+        assert problem is None
+    else:
+        assert problem is not None and problem.startswith(expected), problem
+    if component == "runner":
+        assert problem is not None and "memory_per_worker" not in problem

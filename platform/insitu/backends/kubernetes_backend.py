@@ -84,9 +84,30 @@ def _parse_time(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
+def out_of_memory(component: str | None, name: str) -> str:
+    """What to do about a container of ``component`` that the kernel killed for memory."""
+    if component == "worker":
+        return (
+            f"a worker (pod {name}) ran out of memory (OOMKilled): ask for more "
+            "resources.memory_per_worker, or select less per task"
+        )
+    if component == "runner":
+        return (
+            f"the job's runner (pod {name}) ran out of memory (OOMKilled): the analysis brought "
+            "too much into it; reduce before returning (results are small), or ask the "
+            "operator for more INSITU_KUBERNETES__RUNNER_MEMORY"
+        )
+    return (
+        f"pod {name} ran out of memory (OOMKilled); ask the operator for more "
+        "INSITU_KUBERNETES__SCHEDULER_MEMORY"
+    )
+
+
 def pod_problem(pod: dict[str, Any], now: datetime, pending_timeout: float) -> str | None:
     """A reason a person can act on, when a pod of the job cannot run; else None."""
-    name = pod.get("metadata", {}).get("name", "a pod")
+    metadata = pod.get("metadata", {})
+    name = metadata.get("name", "a pod")
+    component = (metadata.get("labels") or {}).get(LABEL_COMPONENT)
     status = pod.get("status", {})
     for container in status.get("containerStatuses") or []:
         waiting = (container.get("state") or {}).get("waiting") or {}
@@ -100,8 +121,18 @@ def pod_problem(pod: dict[str, Any], now: datetime, pending_timeout: float) -> s
         if reason in _CONFIG_ERRORS:
             return f"pod {name} cannot start its container ({reason}: {waiting.get('message')})"
         terminated = (container.get("state") or {}).get("terminated") or {}
-        if terminated.get("reason") == "OOMKilled":
-            return f"pod {name} ran out of memory (OOMKilled); ask for more memory_per_worker"
+        # A container restarted after the kernel killed it runs again, but will again.
+        last = (container.get("lastState") or {}).get("terminated") or {}
+        if "OOMKilled" in (terminated.get("reason"), last.get("reason")):
+            return out_of_memory(component, name)
+        if reason == "CrashLoopBackOff":
+            restarts = container.get("restartCount", 0)
+            exited = f"exit code {last['exitCode']}" if "exitCode" in last else "no exit code"
+            detail = f": {last['reason']}" if last.get("reason") else ""
+            return (
+                f"pod {name} keeps crashing (CrashLoopBackOff after {restarts} restarts, "
+                f"{exited}{detail}); check that analysis.image runs the insitu runtime"
+            )
     for condition in status.get("conditions") or []:
         if (
             condition.get("type") == "PodScheduled"
@@ -128,9 +159,9 @@ def runner_exit(pod: dict[str, Any] | None) -> tuple[int | None, str | None]:
     for container in status.get("containerStatuses") or []:
         terminated = (container.get("state") or {}).get("terminated") or {}
         if terminated:
-            reason = terminated.get("reason")
-            detail = "the runner ran out of memory (OOMKilled)" if reason == "OOMKilled" else None
-            return terminated.get("exitCode"), detail
+            oom = terminated.get("reason") == "OOMKilled"
+            name = pod.get("metadata", {}).get("name", "the runner's pod")
+            return terminated.get("exitCode"), out_of_memory("runner", name) if oom else None
     return None, None
 
 
