@@ -56,6 +56,8 @@ class FakeCluster:
     logs: dict[str, bytes] = field(default_factory=dict)  # by pod name
     requests: list[tuple[str, str]] = field(default_factory=list)
     services: dict[tuple[str, str], str] = field(default_factory=dict)  # proxied, to a URL
+    #: (kind, namespace, name) of objects the API server refuses to create (403)
+    forbidden: set[tuple[str, str, str]] = field(default_factory=set)
     url: str = ""
 
     def created(self, kind: str) -> list[dict[str, Any]]:
@@ -131,6 +133,11 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body()
         name = body["metadata"]["name"]
         key = (kind, body["metadata"].get("namespace", ns) or "", name)
+        if key in self.cluster.forbidden:
+            user = "system:serviceaccount:insitu:insitu"
+            message = f'{kind} "{name}" is forbidden: User "{user}" cannot create "{kind}"'
+            self._status(403, "Forbidden", message)
+            return
         if kind == "daskjobs":
             try:
                 jsonschema.validate(body, self.cluster.crd_schema)

@@ -152,6 +152,18 @@ async def test_a_daskjob_the_api_server_refuses_is_a_clear_error(
         await backend.start(_request())
 
 
+async def test_a_network_policy_the_cluster_refuses_stops_the_job_from_starting(
+    backend: KubernetesBackend, cluster: FakeCluster
+) -> None:
+    """Without its policy a job's pods could reach anything: it fails at once, saying why,
+    instead of running unfenced or waiting forever."""
+    cluster.forbidden.add(("networkpolicies", NAMESPACE, f"{JOB}-network"))  # the job's own
+    with pytest.raises(BackendError, match=r"refused to create NetworkPolicy .*403 Forbidden"):
+        await backend.start(_request())
+    assert not cluster.created("daskjobs")
+    assert not cluster.created("pods") and not cluster.created("secrets")  # its gateway, gone
+
+
 async def _phase(
     backend: KubernetesBackend, cluster: FakeCluster, status: str, pod_list: str | None
 ) -> Any:

@@ -379,7 +379,7 @@ class KubernetesBackend(Backend):
         namespace = self.ensure_tenant(request.tenant)
         token = secrets.token_urlsafe(32)
         *gateway, policy, job = self.manifests(request, token)
-        _, custom, networking = self._apis()
+        _, custom, _ = self._apis()
         name = job["metadata"]["name"]
         facts: dict[str, Any] = {}
         if gateway:
@@ -389,8 +389,12 @@ class KubernetesBackend(Backend):
                 "gateway_scan": dataset_in_store(request),
                 "store_access": STORE_ACCESS,
             }
-        with contextlib.suppress(ApiException):
-            networking.create_namespaced_network_policy(namespace, policy)
+        try:  # without its policy the job's pods could reach anything: it does not start
+            self._create_or_keep(policy)
+        except BackendError:
+            if gateway:
+                self._delete_gateway(request.job_id)
+            raise
         try:
             custom.create_namespaced_custom_object(
                 DASK_GROUP, DASK_VERSION, namespace, DASKJOB_PLURAL, job
