@@ -192,6 +192,30 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(200, obj)
 
+    def do_PATCH(self) -> None:
+        """Server-side apply, as one field manager sees it: create the object, or make it
+        what was applied (fields the manager no longer applies go)."""
+        kind, ns, name, _, query = self._route()
+        self.cluster.requests.append(("PATCH", self.path))
+        if self.headers.get("Content-Type") != "application/apply-patch+yaml":
+            self._status(415, "UnsupportedMediaType", "this fake serves server-side apply only")
+            return
+        if not query.get("fieldManager"):
+            self._status(422, "Invalid", "PATCH with apply requires a fieldManager")
+            return
+        body = self._body()
+        if body.get("metadata", {}).get("name") != name:
+            self._status(400, "BadRequest", "the name in the body does not match the URL")
+            return
+        key = (kind, ns or "", name or "")
+        before = self.cluster.objects.get(key)
+        kept = {k: before["metadata"][k] for k in ("uid", "creationTimestamp")} if before else {
+            "uid": f"uid-{len(self.cluster.objects)}", "creationTimestamp": "2026-11-25T09:00:00Z"
+        }  # fmt: skip
+        body["metadata"].update(kept)
+        self.cluster.objects[key] = body
+        self._send(200 if before else 201, body)
+
     def do_DELETE(self) -> None:
         kind, ns, name, _, _ = self._route()
         self.cluster.requests.append(("DELETE", self.path))

@@ -82,13 +82,20 @@ async def test_start_provisions_the_tenant_then_the_job(
 ) -> None:
     handle = await backend.start(_request())
     assert handle.data["namespace"] == NAMESPACE and handle.data["name"] == JOB
-    posted = [path for method, path in cluster.requests if method == "POST"]
+    made = [(m, path) for m, path in cluster.requests if m in ("POST", "PATCH")]
+    # The tenant's objects are applied (server-side apply, named by the URL), then the job's
+    # are created.
+    assert [(m, path.split("?")[0].split("/")[-2]) for m, path in made[:5]] == [
+        ("PATCH", "namespaces"),
+        ("PATCH", "resourcequotas"),
+        ("PATCH", "limitranges"),
+        ("PATCH", "networkpolicies"),
+        ("PATCH", "serviceaccounts"),
+    ]
+    assert all("fieldManager=insitu" in p and "force=true" in p.lower() for _, p in made[:5])
+    posted = [path for m, path in made[5:]]
+    assert [m for m, _ in made[5:]] == ["POST"] * len(posted)
     assert [path.split("/")[-1] for path in posted] == [
-        "namespaces",
-        "resourcequotas",
-        "limitranges",
-        "networkpolicies",
-        "serviceaccounts",
         "secrets",  # the job's store gateway, in the server's namespace
         "pods",
         "services",
@@ -96,7 +103,7 @@ async def test_start_provisions_the_tenant_then_the_job(
         "networkpolicies",  # the job's own policy and DaskJob
         "daskjobs",
     ]
-    assert all("/namespaces/insitu/" in path for path in posted[5:9])
+    assert all("/namespaces/insitu/" in path for path in posted[:4])
     assert handle.data["gateway"] == f"{JOB}-gateway" and handle.data["gateway_token"]
     (job,) = cluster.created("daskjobs")
     assert job["spec"]["cluster"]["spec"]["worker"]["replicas"] == 2
@@ -105,6 +112,27 @@ async def test_start_provisions_the_tenant_then_the_job(
     again = KubernetesBackend(backend.settings, api_client=api_client(cluster.url))
     assert (await again.start(_request())).data == handle.data
     assert len(cluster.created("daskjobs")) == 1
+
+
+async def test_a_changed_tenant_quota_reaches_a_namespace_made_before(
+    backend: KubernetesBackend, cluster: FakeCluster
+) -> None:
+    """Creates that ignore "already exists" would keep the first quota forever."""
+    backend.ensure_tenant("Ada Lovelace")
+    (quota,) = cluster.created("resourcequotas")
+    assert quota["spec"]["hard"]["requests.cpu"] == "16"
+    uid = quota["metadata"]["uid"]
+    settings = backend.settings.model_copy(deep=True)
+    settings.kubernetes.quota.cpu, settings.kubernetes.quota.gpus = "48", 2
+    settings.kubernetes.quota.container_memory = "32Gi"
+    restarted = KubernetesBackend(settings, api_client=api_client(cluster.url))
+    restarted.ensure_tenant("Ada Lovelace")
+    (quota,) = cluster.created("resourcequotas")
+    assert quota["metadata"]["uid"] == uid  # the same object, brought to the new settings
+    assert quota["spec"]["hard"]["requests.cpu"] == "48"
+    assert quota["spec"]["hard"]["requests.nvidia.com/gpu"] == "2"
+    (limits,) = cluster.created("limitranges")
+    assert limits["spec"]["limits"][0]["max"]["memory"] == "32Gi"
 
 
 async def test_the_server_alone_seals_the_gateway_and_reads_its_counts(

@@ -165,6 +165,7 @@ def runner_exit(pod: dict[str, Any] | None) -> tuple[int | None, str | None]:
     return None, None
 
 
+FIELD_MANAGER = "insitu"  # who owns the fields insitu applies to the cluster
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
 
 
@@ -285,10 +286,6 @@ class KubernetesBackend(Backend):
         core, _, networking = self._apis()
         kind, namespace = manifest["kind"], manifest["metadata"].get("namespace")
         create = {
-            "Namespace": lambda: core.create_namespace(manifest),
-            "ResourceQuota": lambda: core.create_namespaced_resource_quota(namespace, manifest),
-            "LimitRange": lambda: core.create_namespaced_limit_range(namespace, manifest),
-            "ServiceAccount": lambda: core.create_namespaced_service_account(namespace, manifest),
             "Pod": lambda: core.create_namespaced_pod(namespace, manifest),
             "Service": lambda: core.create_namespaced_service(namespace, manifest),
             "NetworkPolicy": lambda: networking.create_namespaced_network_policy(
@@ -304,13 +301,46 @@ class KubernetesBackend(Backend):
                     f"{exc.status} {exc.reason}"
                 ) from None
 
+    def _apply(self, manifest: dict[str, Any]) -> None:
+        """Create ``manifest``'s object or bring it to ``manifest`` (server-side apply, as
+        insitu's field manager): a quota or a policy changed in the settings takes effect."""
+        from kubernetes.client.exceptions import ApiException
+
+        core, _, networking = self._apis()
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        namespace = manifest["metadata"].get("namespace")
+        options = {"field_manager": FIELD_MANAGER, "force": True,
+                   "_content_type": "application/apply-patch+yaml"}  # fmt: skip
+        patch = {
+            "Namespace": lambda: core.patch_namespace(name, manifest, **options),
+            "ResourceQuota": lambda: core.patch_namespaced_resource_quota(
+                name, namespace, manifest, **options
+            ),
+            "LimitRange": lambda: core.patch_namespaced_limit_range(
+                name, namespace, manifest, **options
+            ),
+            "ServiceAccount": lambda: core.patch_namespaced_service_account(
+                name, namespace, manifest, **options
+            ),
+            "NetworkPolicy": lambda: networking.patch_namespaced_network_policy(
+                name, namespace, manifest, **options
+            ),
+        }[kind]
+        try:
+            patch()
+        except ApiException as exc:
+            raise BackendError(
+                f"Kubernetes refused to apply {kind} {name}: {exc.status} {exc.reason}"
+            ) from None
+
     def ensure_tenant(self, tenant: str) -> str:
-        """Create the tenant's namespace and its bounds once; return the namespace."""
+        """Apply the tenant's namespace and its bounds (once per server start, so changed
+        settings reach namespaces made before); return the namespace."""
         namespace = tenant_namespace(self.config, tenant)
         if tenant in self._tenants:
             return namespace
         for manifest in tenant_manifests(self.config, tenant, self.server_id):
-            self._create_or_keep(manifest)
+            self._apply(manifest)
         self._tenants.add(tenant)
         return namespace
 
