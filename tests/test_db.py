@@ -226,3 +226,37 @@ def test_access_rules_grants_groups_and_audit(db: Database, movie: tuple[Path, n
         assert [e.action for e in events] == ["user.revoke", "dataset.grant", "dataset.grant"]
         grants, _ = queries.list_audit(session, action="dataset.grant", user_name="ines")
         assert len(grants) == 2 and grants[0].detail == "to rosa"
+
+
+@pytest.mark.postgres
+def test_replicas_starting_at_once_migrate_a_new_database_once(postgres_url: str) -> None:
+    """Several API processes started together (a chart with replicas) on one empty database:
+    each waits for the first one's migration instead of racing it to create the tables."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "from insitu.db.engine import Database\n"
+        "db = Database(sys.argv[1])\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # start together\n"
+        "db.migrate()\n"
+    )
+    import time
+
+    start = str(time.time() + 3.0)
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, postgres_url, start],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(4)
+    ]  # fmt: skip
+    outputs = [p.communicate(timeout=50)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0] * 4, outputs
+    database = Database(postgres_url)
+    try:
+        with database.engine.connect() as connection:
+            versions = connection.execute(text("select version_num from alembic_version")).all()
+        assert len(versions) == 1
+        assert "jobs" in inspect(database.engine).get_table_names()
+    finally:
+        database.dispose()

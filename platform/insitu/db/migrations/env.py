@@ -1,10 +1,11 @@
 """Alembic environment: runs migrations on the engine insitu hands over."""
 
 from alembic import context
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from insitu.db.models import Base
 
+MIGRATION_LOCK = 0x1A5_17E0  # the advisory lock's key: insitu's migrations
 config = context.config
 engine = config.attributes.get("engine") or create_engine(
     config.get_main_option("sqlalchemy.url") or "sqlite://"
@@ -18,5 +19,9 @@ with engine.connect() as connection:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Replicas started together migrate one at a time: the others wait here, then
+            # find the schema at its newest and have nothing to do. Released at commit.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()
     connection.commit()
