@@ -260,3 +260,46 @@ def test_replicas_starting_at_once_migrate_a_new_database_once(postgres_url: str
         assert "jobs" in inspect(database.engine).get_table_names()
     finally:
         database.dispose()
+
+
+def test_the_admin_token_can_come_from_a_secret(db: Database, settings: Settings) -> None:
+    """A pod's disk is lost with the pod: the first start takes the admin's token given."""
+    from pydantic import SecretStr, ValidationError
+
+    given = "insitu_" + "s" * 40
+    configured = settings.model_copy(update={"admin_token": SecretStr(given)})
+    assert auth.bootstrap_admin(db, configured) == given
+    assert not configured.admin_token_path.exists()  # nothing written to the pod's disk
+    with db.session() as session:
+        assert auth.authenticate(session, given).name == "admin"
+    assert auth.bootstrap_admin(db, configured) is None  # once
+    with pytest.raises(ValidationError, match="at least 32"):
+        Settings(admin_token="short")
+
+
+@pytest.mark.postgres
+def test_replicas_starting_at_once_make_one_admin(postgres_url: str, settings: Settings) -> None:
+    Database(postgres_url).migrate()
+    databases = [Database(postgres_url) for _ in range(4)]
+    tokens: list[str | None] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(databases))
+
+    def start(database: Database) -> None:
+        barrier.wait()
+        try:
+            tokens.append(auth.bootstrap_admin(database, settings))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(d,)) for d in databases]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert len([t for t in tokens if t]) == 1 and tokens.count(None) == 3
+    with databases[0].session() as session:
+        assert queries.count_users(session) == 1
+    for database in databases:
+        database.dispose()

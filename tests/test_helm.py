@@ -321,6 +321,20 @@ def test_storage_keys_come_from_a_secret_when_named(chart: helm.Chart, default: 
     assert "INSITU_STORAGE__ACCESS_KEY_ID" not in json.dumps(default.objects)
 
 
+def test_the_admin_token_comes_from_a_secret_when_named(
+    chart: helm.Chart, default: Rendered
+) -> None:
+    """Every replica has the same admin token; none is left on one pod's disk."""
+    rendered = render(chart, {"adminToken": {"existingSecret": "insitu-admin"}})
+    for _, container in containers(rendered):
+        env = {e["name"]: e for e in container["env"]}
+        reference = env["INSITU_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert reference == {"name": "insitu-admin", "key": "token"}
+    assert "INSITU_ADMIN_TOKEN" not in json.dumps(default.objects)
+    assert "get secret insitu-admin" in rendered.notes and "/admin-token" not in rendered.notes
+    assert "/admin-token" in default.notes and "adminToken.existingSecret" in default.notes
+
+
 def test_config_map_holds_no_secret(rendered: Rendered) -> None:
     assert rendered.of_kind("Secret") == []
     for name, value in rendered.config.items():

@@ -341,6 +341,13 @@ class Settings(BaseSettings):
     )
     url: str = Field("http://127.0.0.1:8000", description="Base URL clients use to reach the API.")
     token: str | None = Field(None, description="API token the client sends.")
+    admin_token: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description="The admin's API token, e.g. from a Kubernetes Secret: the first start "
+        "gives the admin user this token instead of writing a new one under home (whose "
+        "file a pod's disk would lose). At least 32 characters.",
+    )
     server: ServerSettings = Field(default_factory=ServerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)

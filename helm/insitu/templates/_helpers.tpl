@@ -112,6 +112,13 @@ env:
       secretKeyRef:
         name: {{ .Values.database.existingSecret }}
         key: {{ .Values.database.secretKey }}
+{{- with .Values.adminToken.existingSecret }}
+  - name: INSITU_ADMIN_TOKEN
+    valueFrom:
+      secretKeyRef:
+        name: {{ . }}
+        key: {{ $.Values.adminToken.secretKey }}
+{{- end }}
 {{- with .Values.storage.existingSecret }}
   - name: INSITU_STORAGE__ACCESS_KEY_ID
     valueFrom:

@@ -99,10 +99,13 @@ def server(
     err.print(f"insitu {__version__} on {where} (backend {settings.backend}{many})")
     database = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
     err.print(f"home: {settings.home}   database: {database}")  # never the password in a log
-    err.print(
-        f"admin token: {settings.admin_token_path} (written on first start; "
-        "clients on this machine read it from there, others set INSITU_TOKEN)"
-    )
+    if settings.admin_token is not None:
+        err.print("admin token: the one in INSITU_ADMIN_TOKEN (given to the admin on first start)")
+    else:
+        err.print(
+            f"admin token: {settings.admin_token_path} (written on first start; "
+            "clients on this machine read it from there, others set INSITU_TOKEN)"
+        )
     if settings.server.port and url != settings.url:
         err.print(f"clients: export INSITU_URL={url}")
     if store == StoreChoice.SETTINGS:

@@ -7,6 +7,7 @@ import os
 import secrets
 from enum import Enum
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from insitu.config import Settings
@@ -18,6 +19,7 @@ from insitu.errors import AuthenticationFailed, Conflict, InvalidInput
 __all__ = ["AuthenticationFailed", "Role", "authenticate", "bootstrap_admin", "create_user"]
 
 TOKEN_PREFIX = "insitu_"
+BOOTSTRAP_LOCK = 0x1A5_17E1  # the advisory lock taken while the first admin is made
 
 
 class Role(str, Enum):
@@ -43,9 +45,10 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def new_token(session: Session, user: User) -> str:
-    """Create a token for ``user`` and return it in clear, the only time it is seen."""
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+def new_token(session: Session, user: User, token: str | None = None) -> str:
+    """Create a token for ``user`` (a new random one, unless given) and return it in clear,
+    the only time it is seen."""
+    token = token or TOKEN_PREFIX + secrets.token_urlsafe(32)
     session.add(ApiToken(user=user, token_hash=hash_token(token), prefix=token[:12]))
     return token
 
@@ -78,11 +81,22 @@ def authenticate(session: Session, token: str | None) -> User:
 
 
 def bootstrap_admin(db: Database, settings: Settings) -> str | None:
-    """On first start, create the admin user and write its token (mode 600) under home."""
+    """On first start, create the admin user: with ``settings.admin_token`` (a Secret's), else
+    with a new token written (mode 600) under home. Replicas starting together on PostgreSQL
+    take turns, so one of them creates it."""
     with db.session() as session:
+        if db.is_postgres:
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": BOOTSTRAP_LOCK})
         if queries.count_users(session) > 0:
             return None
-        _, token = create_user(session, "admin", Role.ADMIN)
+        given = settings.admin_token.get_secret_value() if settings.admin_token else None
+        user = User(name="admin", role=Role.ADMIN.value)
+        session.add(user)
+        session.flush()
+        token = new_token(session, user, given)
+        if given:
+            session.commit()
+            return token
         settings.ensure_home()
         path = settings.admin_token_path
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
