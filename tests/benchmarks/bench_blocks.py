@@ -167,7 +167,10 @@ def run(
             subset = float(api.result(job["id"], "subset_mean"))
             api.close()
         insitu = {
-            "submit_to_running_s": round(_between(events["queued"], events["running"]), 3),
+            # (a job that ended between two dispatcher passes counts as running at its end)
+            "submit_to_running_s": round(
+                _between(events["queued"], events.get("running", events["succeeded"])), 3
+            ),
             "submit_to_succeeded_s": round(wall, 3),
             "read_tasks": int(stats[0]),
             "mean_tasks": int(stats[1]),
