@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import jsonschema
+import kubernetes_validate
 
 DATA = Path(__file__).parent / "data" / "k8s"
 _CORE = re.compile(
@@ -44,6 +45,20 @@ def pods(scenario: str) -> dict[str, Any]:
 def daskjob_status(name: str) -> dict[str, Any]:
     """A recorded DaskJob status."""
     return dict(json.loads((DATA / "daskjob-statuses.json").read_text())[name])
+
+
+KUBE_VERSION = "1.30"  # the oldest Kubernetes the backend supports
+
+
+def invalid(body: dict[str, Any]) -> str | None:
+    """Why the API server would refuse ``body`` (its kind's OpenAPI schema), else None."""
+    if body.get("apiVersion", "").startswith("kubernetes.dask.org/"):
+        return None  # checked against the operator's CRD schema instead
+    try:
+        kubernetes_validate.validate(body, KUBE_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return f"{body.get('kind')} {body.get('metadata', {}).get('name')!r} is invalid: {exc}"
+    return None
 
 
 @dataclass
@@ -133,6 +148,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body()
         name = body["metadata"]["name"]
         key = (kind, body["metadata"].get("namespace", ns) or "", name)
+        refused = invalid(body)
+        if refused:
+            self._status(422, "Invalid", refused)
+            return
         if key in self.cluster.forbidden:
             user = "system:serviceaccount:insitu:insitu"
             message = f'{kind} "{name}" is forbidden: User "{user}" cannot create "{kind}"'
@@ -206,6 +225,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body()
         if body.get("metadata", {}).get("name") != name:
             self._status(400, "BadRequest", "the name in the body does not match the URL")
+            return
+        refused = invalid(body)
+        if refused:
+            self._status(422, "Invalid", refused)
             return
         key = (kind, ns or "", name or "")
         before = self.cluster.objects.get(key)

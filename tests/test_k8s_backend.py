@@ -378,3 +378,19 @@ def test_crashing_and_out_of_memory_pods_give_reasons_for_their_part(
         assert problem is not None and problem.startswith(expected), problem
     if component == "runner":
         assert problem is not None and "memory_per_worker" not in problem
+
+
+def test_the_fake_api_server_refuses_what_the_real_one_would(cluster: FakeCluster) -> None:
+    """Every object the backend sends passes the Kubernetes schema on its way in (the
+    tests above); a misspelt field is refused with 422, as by a real API server."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": NAMESPACE},
+        "spec": {"containers": [{"name": "c", "image": "i:1"}], "serviceAcountName": "typo"},
+    }
+    refused = httpx.post(f"{cluster.url}/api/v1/namespaces/{NAMESPACE}/pods", json=pod)
+    assert refused.status_code == 422 and "serviceAcountName" in refused.json()["message"]
+    del pod["spec"]["serviceAcountName"]
+    created = httpx.post(f"{cluster.url}/api/v1/namespaces/{NAMESPACE}/pods", json=pod)
+    assert created.status_code == 201
