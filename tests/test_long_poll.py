@@ -79,6 +79,17 @@ def test_an_unchanged_job_answers_304_and_a_cancel_wakes_a_waiting_request(
             stale = http.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": '"other"'})
             assert stale.status_code == 200 and stale.headers["ETag"] == etag
 
+            # Another participant learns nothing of the job, waiting or not, whatever it sends.
+            other = api.add_user("mallory", "participant")["token"]
+            for guess in (etag, "*"):
+                peek = httpx.get(
+                    f"{server.url}/v1/jobs/{job_id}",
+                    headers={"Authorization": f"Bearer {other}", "If-None-Match": guess},
+                    params={"wait": 30},
+                    timeout=5,  # refused at once (403, as any read of it): never a wait or a 304
+                )
+                assert peek.status_code == 403 and "ETag" not in peek.headers
+
             too_long = http.get(f"/v1/jobs/{job_id}", headers=conditional, params={"wait": 600})
             assert too_long.status_code == 422 and "wait" in too_long.text
 

@@ -7,12 +7,11 @@ import os
 import secrets
 from enum import Enum
 
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from insitu.config import Settings
 from insitu.db import queries
-from insitu.db.engine import Database
+from insitu.db.engine import Database, advisory_lock
 from insitu.db.models import ApiToken, User
 from insitu.errors import AuthenticationFailed, Conflict, InvalidInput
 
@@ -54,15 +53,15 @@ def new_token(session: Session, user: User, token: str | None = None) -> str:
 
 
 def create_user(
-    session: Session, name: str, role: Role, email: str | None = None
+    session: Session, name: str, role: Role, email: str | None = None, token: str | None = None
 ) -> tuple[User, str]:
-    """Add a user with a first token (not committed)."""
+    """Add a user with a first token, ``token`` or a new one (not committed)."""
     if queries.user_by_name(session, name) is not None:
         raise Conflict(f"a user named {name!r} already exists")
     user = User(name=name, role=role.value, email=email)
     session.add(user)
     session.flush()
-    return user, new_token(session, user)
+    return user, new_token(session, user, token)
 
 
 def authenticate(session: Session, token: str | None) -> User:
@@ -85,15 +84,11 @@ def bootstrap_admin(db: Database, settings: Settings) -> str | None:
     with a new token written (mode 600) under home. Replicas starting together on PostgreSQL
     take turns, so one of them creates it."""
     with db.session() as session:
-        if db.is_postgres:
-            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": BOOTSTRAP_LOCK})
+        advisory_lock(session.connection(), BOOTSTRAP_LOCK)
         if queries.count_users(session) > 0:
             return None
         given = settings.admin_token.get_secret_value() if settings.admin_token else None
-        user = User(name="admin", role=Role.ADMIN.value)
-        session.add(user)
-        session.flush()
-        token = new_token(session, user, given)
+        _, token = create_user(session, "admin", Role.ADMIN, token=given)
         if given:
             session.commit()
             return token

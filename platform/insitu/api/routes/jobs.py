@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -105,9 +104,10 @@ async def get_job(
     answer is 304 while the job is unchanged, after up to ``wait`` seconds of waiting for
     it to change (its state, progress or figures)."""
 
-    def encoded(session: Session, user: User) -> bytes:
-        job = JobPublic.of(jobs.visible_job(session, user, job_id))
-        return job.model_dump_json(by_alias=True).encode()
+    def encoded(session: Session, user: User) -> tuple[bytes, bool]:
+        job = jobs.visible_job(session, user, job_id)
+        body = JobPublic.of(job).model_dump_json(by_alias=True).encode()
+        return body, JobState(job.state).terminal
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
@@ -115,12 +115,12 @@ async def get_job(
     # looking again (API replicas have no dispatcher of their own).
     recheck = RECHECK_S if request.app.state.dispatcher is not None else REPLICA_RECHECK_S
     while True:
-        body = await caller.run(encoded, read_only=True)
+        body, ended = await caller.run(encoded, read_only=True)
         etag = f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
         if if_none_match is None or (etag not in if_none_match and if_none_match.strip() != "*"):
             return Response(body, media_type="application/json", headers={"ETag": etag})
         remaining = deadline - loop.time()
-        if remaining <= 0 or JobState(json.loads(body)["state"]).terminal:
+        if remaining <= 0 or ended:  # an ended job will not change
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
         await request.app.state.changes.wait(job_id, min(remaining, recheck))
 

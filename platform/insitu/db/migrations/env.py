@@ -1,8 +1,9 @@
 """Alembic environment: runs migrations on the engine insitu hands over."""
 
 from alembic import context
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
+from insitu.db.engine import advisory_lock
 from insitu.db.models import Base
 
 MIGRATION_LOCK = 0x1A5_17E0  # the advisory lock's key: insitu's migrations
@@ -19,9 +20,8 @@ with engine.connect() as connection:
         compare_type=True,
     )
     with context.begin_transaction():
-        if connection.dialect.name == "postgresql":
-            # Replicas started together migrate one at a time: the others wait here, then
-            # find the schema at its newest and have nothing to do. Released at commit.
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        # Replicas started together migrate one at a time: the others wait here, then find
+        # the schema at its newest and have nothing to do.
+        advisory_lock(connection, MIGRATION_LOCK)
         context.run_migrations()
     connection.commit()
