@@ -47,6 +47,7 @@ class FakeBackend(Backend):
     cancelled: list[str] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)
     phases: dict[str, BackendPhase] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)  # what the backend says, by job
     name = "fake"  # type: ignore[misc]
     METERED: ClassVar[float] = 3.5  # core-seconds the fake "measures" for every job
 
@@ -66,7 +67,9 @@ class FakeBackend(Backend):
 
     async def status(self, handles: Iterable[JobHandle]) -> dict[str, BackendStatus]:
         return {
-            h.job_id: BackendStatus(self.phases.get(h.job_id, BackendPhase.MISSING))
+            h.job_id: BackendStatus(
+                self.phases.get(h.job_id, BackendPhase.MISSING), detail=self.details.get(h.job_id)
+            )
             for h in handles
         }
 

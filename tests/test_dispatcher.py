@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fakes import FakeBackend, World, make_world, ok_outcome
+from insitu.backends.base import BackendPhase
 from insitu.config import Settings
 from insitu.db import queries
 from insitu.db.engine import Database
@@ -68,6 +69,25 @@ def test_a_job_runs_to_success_with_every_transition_recorded(world: World) -> N
     assert done.accounting["core_seconds_source"] == "the fake backend's meter"
     assert done.results[0]["filename"] == "mean.npy"
     assert backend.cleaned == [job.id]
+
+
+def test_why_a_cluster_is_not_up_yet_is_the_job_s_reason(world: World) -> None:
+    """A job waiting for nodes (or for its tenant's quota) says so while it provisions."""
+    backend = FakeBackend()
+    dispatcher = Dispatcher(world.settings, world.db, backend)
+    job = world.submit()
+    run_pass(dispatcher)
+    backend.phases[job.id] = BackendPhase.PENDING
+    backend.details[job.id] = "waiting for a node: 0/3 nodes are available: 3 Insufficient cpu."
+    run_pass(dispatcher)
+    waiting = load(world, job.id)
+    assert waiting.state == "provisioning" and waiting.reason == backend.details[job.id]
+    backend.phases[job.id] = BackendPhase.RUNNING
+    del backend.details[job.id]
+    FakeBackend.report_running(job)
+    run_pass(dispatcher)
+    running = load(world, job.id)
+    assert running.state == "running" and "analysis is running" in (running.reason or "")
 
 
 def test_start_failure_fails_the_job_naming_the_backend(world: World) -> None:

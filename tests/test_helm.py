@@ -41,7 +41,7 @@ DASK = ["get", "list", "watch", "create", "delete"]
 EXPECTED_RULES = [  # (API group, resources, verbs), in the chart's order
     ("kubernetes.dask.org", ["daskjobs", "daskclusters"], DASK),
     ("", ["pods", "pods/log"], ["get", "list", "watch"]),
-    ("", ["events"], ["list"]),
+    ("", ["events"], ["list", "watch"]),
     ("", ["namespaces"], ["create", "get", "list", "patch"]),
     ("", ["resourcequotas", "limitranges", "serviceaccounts"], WRITE),
     ("networking.k8s.io", ["networkpolicies"], WRITE),
@@ -672,3 +672,52 @@ def test_notes_tell_how_to_get_the_admin_token_and_run_a_job(rendered: Rendered)
         )
     assert "insitu submit" in rendered.notes
     assert "insitu results" in rendered.notes
+
+
+# -- several API replicas share their state ---------------------------------------------
+
+
+def _settings_of(rendered: Rendered, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings an API pod of ``rendered`` starts with."""
+    for key in [k for k in os.environ if k.startswith("INSITU_")]:
+        monkeypatch.delenv(key)
+    for key, value in rendered.config.items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_every_api_replica_keeps_bundles_and_logs_where_the_others_find_them(
+    chart: helm.Chart, replicas: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bundles and kept logs are in the object store, never in a pod's emptyDir: a job
+    submitted through one replica runs with a bundle uploaded through another, and its
+    log reads the same from all of them once its pods are gone."""
+    from insitu.backends.kubernetes_backend import check_pods_reach
+    from insitu.objectstore import state_store
+    from insitu.services.bundles import BundleStore
+
+    api = {**PRODUCTION["api"], "replicas": replicas}
+    if replicas == 1:  # one pod cannot keep one available while it is evicted
+        api["podDisruptionBudget"] = {"enabled": False}
+    rendered = render(chart, {**PRODUCTION, "api": api})
+    assert rendered.api["spec"]["replicas"] == replicas
+    for obj in rendered.objects:
+        kubernetes_validate.validate(obj, KUBE_VERSIONS[0], strict=True)
+    settings = _settings_of(rendered, monkeypatch)
+    check_pods_reach(settings)  # the server would refuse to start otherwise
+    home = settings.home.as_uri()
+    for store in (BundleStore(settings).store, state_store(settings, "logs")):
+        assert store.url.startswith(PRODUCTION["storage"]["workspaceUrl"] + "/_server/")
+        assert not store.url.startswith(home)
+    mounted = {m["mountPath"] for _, c in containers(rendered) for m in c["volumeMounts"]}
+    assert not any(store.url.startswith(f"file://{path}") for path in mounted)
+    state = {**PRODUCTION["storage"], "stateUrl": "s3://insitu-state/api"}
+    named = render(chart, {**PRODUCTION, "storage": state})
+    assert _settings_of(named, monkeypatch).resolved_state_url == "s3://insitu-state/api"
+
+
+def test_a_state_url_on_a_pod_s_disk_is_refused(chart: helm.Chart) -> None:
+    values = {"storage": {**PRODUCTION["storage"], "stateUrl": "file:///var/lib/insitu/home"}}
+    with pytest.raises((helm.HelmRenderError, helm.HelmValuesError), match="stateUrl"):
+        chart.render({**PRODUCTION, **values}, name=RELEASE)

@@ -9,14 +9,17 @@ runs the same backend against a real one (marker ``k8s``).
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+import json
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from botocore.credentials import Credentials
 
 from insitu.backends.base import BackendPhase, JobHandle, LaunchRequest
+from insitu.backends.k8s_manifests import LABEL_SERVER
 from insitu.backends.kubernetes_backend import KubernetesBackend
 from insitu.config import KubernetesBackendSettings, Settings
 from insitu.errors import BackendError
@@ -58,8 +61,10 @@ def k8s_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def backend(k8s_settings: Settings, cluster: FakeCluster) -> KubernetesBackend:
-    return KubernetesBackend(k8s_settings, api_client=api_client(cluster.url))
+async def backend(k8s_settings: Settings, cluster: FakeCluster) -> AsyncIterator[KubernetesBackend]:
+    made = KubernetesBackend(k8s_settings, api_client=api_client(cluster.url))
+    yield made
+    await made.close()  # its watches end with the test
 
 
 def _request(**overrides: Any) -> LaunchRequest:
@@ -198,7 +203,7 @@ async def _phase(
     handle = await backend.start(_request())
     cluster.set_status(NAMESPACE, JOB, daskjob_status(status))
     if pod_list:
-        cluster.pod_lists[JOB] = pods(pod_list)
+        cluster.put_pods(pods(pod_list), labels={LABEL_SERVER: backend.server_id})
     return (await backend.status([handle]))[JOB]
 
 
@@ -206,7 +211,13 @@ async def _phase(
     ("status", "pod_list", "phase", "code", "detail"),
     [
         ("created", None, BackendPhase.PENDING, None, None),
-        ("cluster-created", "unschedulable-fresh", BackendPhase.PENDING, None, None),
+        (
+            "cluster-created",
+            "unschedulable-fresh",
+            BackendPhase.PENDING,
+            None,
+            "waiting for a node for pod j-0123456789ab-default-worker-6b7c9: 0/3 nodes",
+        ),
         ("running", "running", BackendPhase.RUNNING, None, None),
         ("successful", "succeeded", BackendPhase.EXITED, 0, None),
         ("failed", "runner-oomkilled", BackendPhase.EXITED, 137, "ran out of memory"),
@@ -248,7 +259,7 @@ async def test_states_map_to_phases_with_reasons(
 async def test_logs_cancel_and_a_gone_job(backend: KubernetesBackend, cluster: FakeCluster) -> None:
     handle = await backend.start(_request())
     cluster.set_status(NAMESPACE, JOB, daskjob_status("running"))
-    cluster.pod_lists[JOB] = pods("running")
+    cluster.put_pods(pods("running"), labels={LABEL_SERVER: backend.server_id})
     recorded = (DATA / "runner.log").read_bytes()
     cluster.logs[f"{JOB}-runner"] = recorded
     first, offset = await backend.logs(handle, 0)
@@ -264,7 +275,8 @@ async def test_logs_cancel_and_a_gone_job(backend: KubernetesBackend, cluster: F
     # The runner's log was kept before its pods went.
     cluster.logs.clear()
     kept, _ = await backend.logs(handle, 0)
-    assert kept == recorded
+    assert kept.startswith(recorded)  # then the scheduler's and workers' (none recorded)
+    assert f"---- the log of {JOB}-scheduler".encode() in kept
     gone = (await backend.status([handle]))[JOB]
     assert gone.phase == BackendPhase.MISSING and "is gone" in (gone.detail or "")
     await backend.cleanup(handle)  # idempotent: a second delete finds nothing, quietly
@@ -281,18 +293,20 @@ async def test_a_restarted_server_reads_its_jobs_and_removes_ended_ones(
 
     restarted = KubernetesBackend(k8s_settings, api_client=api_client(cluster.url))
     cluster.set_status(NAMESPACE, JOB, daskjob_status("running"))
-    cluster.pod_lists[JOB] = pods("running")
+    cluster.put_pods(pods("running"), labels={LABEL_SERVER: restarted.server_id})
     assert (await restarted.status([persisted]))[JOB].phase == BackendPhase.RUNNING
     removed = await restarted.cleanup_orphans({JOB})
     assert removed == [ended.job_id]
     assert [j["metadata"]["name"] for j in cluster.created("daskjobs")] == [JOB]
     # The ended job's gateway went too; the live job's stays.
-    assert [p["metadata"]["name"] for p in cluster.created("pods")] == [f"{JOB}-gateway"]
+    gateways = [p for p in cluster.created("pods") if p["metadata"]["namespace"] == "insitu"]
+    assert [p["metadata"]["name"] for p in gateways] == [f"{JOB}-gateway"]
     # A gateway left without its DaskJob is found by its Secret's labels and removed.
     await restarted.start(_request(job_id="j-strayed00000"))
-    cluster.objects.pop(("daskjobs", NAMESPACE, "j-strayed00000"))
+    cluster.remove("daskjobs", NAMESPACE, "j-strayed00000")
     assert await restarted.cleanup_orphans({JOB}) == ["j-strayed00000"]
     assert [s["metadata"]["name"] for s in cluster.created("secrets")] == [f"{JOB}-gateway"]
+    await restarted.close()
 
 
 async def test_an_unreachable_cluster_is_a_clear_error(k8s_settings: Settings) -> None:
@@ -394,3 +408,203 @@ def test_the_fake_api_server_refuses_what_the_real_one_would(cluster: FakeCluste
     del pod["spec"]["serviceAcountName"]
     created = httpx.post(f"{cluster.url}/api/v1/namespaces/{NAMESPACE}/pods", json=pod)
     assert created.status_code == 201
+
+
+# -- watches, events and logs ----------------------------------------------------------
+
+
+async def _until(backend: KubernetesBackend, handle: JobHandle, check: Any) -> Any:
+    """The job's status once ``check`` holds (a watch brings changes a moment later)."""
+    for _ in range(200):
+        status = (await backend.status([handle]))[handle.job_id]
+        if check(status):
+            return status
+        await anyio.sleep(0.02)
+    raise AssertionError(f"the status never came: last {status}")
+
+
+def _running(cluster: FakeCluster, backend: KubernetesBackend, job_id: str) -> None:
+    """The job's DaskJob running, with its runner, scheduler and worker pods."""
+    cluster.set_status(NAMESPACE, job_id, daskjob_status("running"))
+    listed = json.loads(json.dumps(pods("running")).replace(JOB, job_id))
+    cluster.put_pods(listed, labels={LABEL_SERVER: backend.server_id})
+
+
+def _per_job_calls(cluster: FakeCluster) -> list[str]:
+    """Requests that read one job's objects (not the watches' lists and streams)."""
+    return [
+        path
+        for method, path in cluster.requests
+        if method == "GET"
+        and ("/daskjobs/" in path or "insitu.io%2Fjob-id" in path or "insitu.io/job-id" in path)
+    ]
+
+
+async def test_states_come_from_watches_not_from_calls_per_job(
+    backend: KubernetesBackend, cluster: FakeCluster
+) -> None:
+    ids = [f"j-watched0000{i}" for i in range(3)]
+    handles = [await backend.start(_request(job_id=job_id)) for job_id in ids]
+    for job_id in ids:
+        _running(cluster, backend, job_id)
+    cluster.requests.clear()
+    for _ in range(5):
+        seen = await backend.status(handles)
+        assert {s.phase for s in seen.values()} == {BackendPhase.RUNNING}
+    # The job ends: the watch brings it, and still nothing is asked per job.
+    cluster.set_status(NAMESPACE, ids[1], daskjob_status("successful"))
+    ended = await _until(backend, handles[1], lambda s: s.phase == BackendPhase.EXITED)
+    assert ended.exit_code == 0
+    assert _per_job_calls(cluster) == []
+    cache = backend.watches()
+    assert cache is not None and cache.daskjobs.lists == 1  # one list, then the watch
+
+
+async def test_a_watch_the_api_server_forgot_is_listed_again(
+    backend: KubernetesBackend, cluster: FakeCluster
+) -> None:
+    handle = await backend.start(_request())
+    _running(cluster, backend, JOB)
+    await _until(backend, handle, lambda s: s.phase == BackendPhase.RUNNING)
+    cache = backend.watches()
+    assert cache is not None
+    listed = cache.daskjobs.lists
+    other = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x", "namespace": "else"}}
+    cluster.put("pods", other)  # the cluster moves on past the version the watches saw...
+    cluster.compact()  # ...and forgets it: resuming from it is now 410 Gone
+    cluster.break_watches()
+    cluster.set_status(NAMESPACE, JOB, daskjob_status("successful"))
+    ended = await _until(backend, handle, lambda s: s.phase == BackendPhase.EXITED)
+    assert ended.exit_code == 0 and cache.daskjobs.lists > listed
+
+
+async def test_a_daskjob_not_yet_seen_by_the_watch_is_not_taken_for_gone(
+    backend: KubernetesBackend, cluster: FakeCluster
+) -> None:
+    assert backend.watches() is not None  # watching before the job exists
+    handle = await backend.start(_request())
+    status = (await backend.status([handle]))[JOB]
+    assert status.phase == BackendPhase.PENDING
+
+
+async def test_the_runner_log_is_read_from_where_it_was_left(
+    backend: KubernetesBackend, cluster: FakeCluster
+) -> None:
+    handle = await backend.start(_request())
+    _running(cluster, backend, JOB)
+    runner = f"{JOB}-runner"
+    lines = [("2026-12-07T10:00:00.5Z", b"starting\n"), ("2026-12-07T10:00:01.25Z", b"1/4\n")]
+    cluster.log_lines(runner, lines)
+    first, offset = await backend.logs(handle, 0)
+    assert first == b"starting\n1/4\n"
+    lines += [("2026-12-07T10:00:01.25Z", b"2/4\n"), ("2026-12-07T10:00:03.1Z", b"done\n")]
+    cluster.log_lines(runner, lines)
+    rest, end = await backend.logs(handle, offset)
+    assert rest == b"2/4\ndone\n" and end == offset + len(rest)
+    asked = [p for m, p in cluster.requests if f"/pods/{runner}/log" in p]
+    assert "sinceTime" not in asked[0] and "sinceTime=2026-12-07T10%3A00%3A01Z" in asked[-1]
+
+
+async def test_scheduler_and_worker_logs_end_up_in_the_job_log(
+    backend: KubernetesBackend, cluster: FakeCluster
+) -> None:
+    handle = await backend.start(_request())
+    _running(cluster, backend, JOB)
+    worker, scheduler = f"{JOB}-default-worker-6b7c9", f"{JOB}-scheduler"
+    cluster.logs[f"{JOB}-runner"] = b"runner ran\n"
+    cluster.logs[worker] = b"distributed.worker - WARNING - Worker is at 95% memory usage\n"
+    cluster.logs[scheduler] = b"distributed.scheduler - INFO - Receive client connection\n"
+    await _until(backend, handle, lambda s: s.phase == BackendPhase.RUNNING)
+    # The runner ends; the operator deletes the cluster: the worker is going, then gone.
+    going = cluster.objects[("pods", NAMESPACE, worker)]
+    going["metadata"]["deletionTimestamp"] = "2026-12-07T10:00:05Z"
+    cluster.put("pods", going)
+    for _ in range(200):  # its log is read while it is still there
+        if b"95% memory" in backend._part_logs.get(JOB, {}).get(worker, b""):
+            break
+        await anyio.sleep(0.02)
+    cluster.remove("pods", NAMESPACE, worker)
+    del cluster.logs[worker]
+    cluster.set_status(NAMESPACE, JOB, daskjob_status("successful"))
+    await backend.cleanup(handle)
+    kept = b""
+    while chunk := (await backend.logs(handle, len(kept)))[0]:
+        kept += chunk
+    text = kept.decode()
+    assert text.startswith("runner ran\n")
+    assert f"---- the log of {worker} ----" in text and "95% memory usage" in text
+    assert f"---- the log of {scheduler} ----" in text and "Receive client" in text
+
+
+async def test_a_quota_refusal_says_why_the_job_waits_then_fails_it(
+    backend: KubernetesBackend, cluster: FakeCluster
+) -> None:
+    handle = await backend.start(_request())
+    cluster.set_status(NAMESPACE, JOB, daskjob_status("cluster-created"))
+    listed = pods("running")
+    listed["items"] = [p for p in listed["items"] if "worker" not in p["metadata"]["name"]]
+    cluster.put_pods(listed, labels={LABEL_SERVER: backend.server_id})
+    message = (
+        f'pods "{JOB}-default-worker-6b7c9" is forbidden: exceeded quota: insitu-quota, '
+        "requested: limits.cpu=2, used: limits.cpu=15, limited: limits.cpu=16"
+    )
+    event = cluster.event(NAMESPACE, "ReplicaSet", f"{JOB}-default-worker-6b7c9",
+                          "FailedCreate", message)  # fmt: skip
+    waiting = await _until(backend, handle, lambda s: s.detail is not None)
+    assert waiting.phase == BackendPhase.PENDING
+    assert "tenant's quota refuses" in waiting.detail and "limited: limits.cpu=16" in waiting.detail
+    event["firstTimestamp"] = "2026-12-07T09:00:00Z"  # refused for longer than pending_timeout
+    cluster.put("events", event)
+    failed = await _until(backend, handle, lambda s: s.phase == BackendPhase.EXITED)
+    assert "for 300 s" in failed.detail and "INSITU_KUBERNETES__QUOTA__" in failed.detail
+
+
+async def test_a_job_log_kept_by_one_replica_reads_the_same_from_another(
+    s3_settings: Settings, cluster: FakeCluster, tmp_path: Any
+) -> None:
+    """Kept logs live in the object store, not in the pod's home that kept them."""
+    k8s = KubernetesBackendSettings(gateway_image="registry.example.org/insitu:0.1")
+    replicas = [
+        KubernetesBackend(
+            s3_settings.model_copy(
+                update={"home": tmp_path / name, "backend": "kubernetes", "kubernetes": k8s}
+            ),
+            api_client=api_client(cluster.url),
+        )
+        for name in ("pod-a", "pod-b")
+    ]
+    first, second = replicas
+    try:
+        handle = await first.start(_request())
+        _running(cluster, first, JOB)
+        cluster.logs[f"{JOB}-runner"] = b"the analysis ran\n"
+        await first.cleanup(handle)
+        kept, _ = await first.logs(handle, 0)
+        assert kept.startswith(b"the analysis ran\n")
+        assert (await second.logs(handle, 0))[0] == kept
+        assert not (tmp_path / "pod-a" / "logs").exists()
+    finally:
+        for replica in replicas:
+            await replica.close()
+
+
+async def test_with_watches_off_each_pass_asks_for_the_job_s_objects(
+    k8s_settings: Settings, cluster: FakeCluster
+) -> None:
+    """INSITU_KUBERNETES__WATCH=false: the same states and reasons, by calls per job."""
+    settings = k8s_settings.model_copy(deep=True)
+    settings.kubernetes.watch = False
+    backend = KubernetesBackend(settings, api_client=api_client(cluster.url))
+    handle = await backend.start(_request())
+    _running(cluster, backend, JOB)
+    cluster.requests.clear()
+    assert (await backend.status([handle]))[JOB].phase == BackendPhase.RUNNING
+    assert len(_per_job_calls(cluster)) == 2  # its DaskJob and its pods
+    assert backend.watches() is None
+    cluster.remove("pods", NAMESPACE, f"{JOB}-default-worker-6b7c9")
+    cluster.set_status(NAMESPACE, JOB, daskjob_status("cluster-created"))
+    refused = "exceeded quota: insitu-quota, requested: pods=1, used: pods=64, limited: pods=64"
+    worker = f"{JOB}-default-worker-6b7c9"
+    cluster.event(NAMESPACE, "ReplicaSet", worker, "FailedCreate", refused)
+    waiting = (await backend.status([handle]))[JOB]
+    assert waiting.phase == BackendPhase.PENDING and "limited: pods=64" in (waiting.detail or "")

@@ -178,7 +178,7 @@ def test_pods_are_placed_by_the_data_and_locked_down(k8s: KubernetesBackendSetti
         assert not security["allowPrivilegeEscalation"]
         assert container["resources"]["requests"] == container["resources"]["limits"]
     worker = specs["worker"]["containers"][0]
-    assert worker["resources"]["limits"] == {"cpu": "2", "memory": str(4 << 30)}
+    assert worker["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
     assert {"--nthreads", "2"} <= set(worker["args"])
     assert specs["worker"]["tolerations"][0]["key"] == "insitu.io/spot"
     assert specs["worker"]["nodeSelector"] == {"insitu.io/pool": "cpu-spot"}

@@ -305,7 +305,24 @@ class KubernetesBackendSettings(BaseModel):
     )
     pending_timeout: Seconds = Field(
         parse_duration("10m"),
-        description="A job whose pods cannot be scheduled this long fails, saying why.",
+        description="A job whose pods cannot be scheduled (no node fits, the tenant's quota "
+        "refuses them) this long fails, saying why. The runner waits for its workers this "
+        "long plus a minute, so the reason is always Kubernetes'.",
+    )
+    watch: bool = Field(
+        True,
+        description="Follow the server's pods, DaskJobs and tenants' warning events with "
+        "watches (one cache for all jobs); off: ask for each job's objects on every pass.",
+    )
+    resync: Seconds = Field(
+        parse_duration("5m"), description="Read the watched lists whole again this often."
+    )
+    runner_log_bytes: ByteSize = Field(
+        parse_size("64MiB"), description="Most of a runner's log kept (and shown) per job."
+    )
+    worker_log_bytes: ByteSize = Field(
+        parse_size("256KiB"),
+        description="The end of each scheduler's and worker's log kept in the job's log.",
     )
     scheduler_memory: str = Field("1Gi", description="Memory of a job's scheduler pod.")
     runner_memory: str = Field("2Gi", description="Memory of a job's runner pod.")
@@ -338,6 +355,12 @@ class Settings(BaseSettings):
         None,
         description="Where job inputs, logs and results live (a file:// or s3:// prefix); "
         "default is home/jobs.",
+    )
+    state_url: str | None = Field(
+        None,
+        description="Where the server keeps what every API replica must see: uploaded code "
+        "bundles and the logs of ended jobs (a file:// or s3:// prefix). Default: home for a "
+        "file:// workspace, else the workspace's _server prefix (no job id looks like it).",
     )
     url: str = Field("http://127.0.0.1:8000", description="Base URL clients use to reach the API.")
     token: str | None = Field(None, description="API token the client sends.")
@@ -372,6 +395,14 @@ class Settings(BaseSettings):
     def resolved_workspace_url(self) -> str:
         """The URL prefix under which each job gets its own workspace."""
         return (self.workspace_url or (self.home / "jobs").as_uri()).rstrip("/")
+
+    @property
+    def resolved_state_url(self) -> str:
+        """Where bundles and kept logs live: shared by every replica wherever jobs' are."""
+        if self.state_url:
+            return self.state_url.rstrip("/")
+        workspace = self.resolved_workspace_url
+        return self.home.as_uri() if workspace.startswith("file://") else f"{workspace}/_server"
 
     @property
     def admin_token_path(self) -> Path:

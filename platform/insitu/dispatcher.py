@@ -203,11 +203,14 @@ class Dispatcher:
             return decision.admit
 
     def _apply(self, job_id: str, to: JobState | None, reason: str = "", **fields: object) -> None:
-        """Update fields of a job and move it to ``to``, in one transaction."""
+        """Update fields of a job and move it to ``to``, in one transaction. With no move
+        (``to`` None), a ``reason`` says why the job has not moved yet."""
         with self.db.session() as session:
             job = queries.job_by_id(session, job_id, lock=True)
             if JobState(job.state).terminal:
                 return
+            if to is None and reason:
+                job.reason = reason
             for name, value in fields.items():
                 if name == "accounting" and isinstance(value, dict):
                     value = {**(job.accounting or {}), **value}
@@ -390,13 +393,12 @@ class Dispatcher:
             return
         running = obs.progress is not None and obs.progress.phase in ("running", "writing")
         to = JobState.RUNNING if running else None
-        await asyncio.to_thread(
-            self._apply,
-            job.id,
-            to,
-            "the Dask cluster is up and the analysis is running",
-            **self._progress_fields(job, obs),
-        )
+        if running:
+            reason = "the Dask cluster is up and the analysis is running"
+        else:  # why its cluster is not up yet, as the backend sees it (no node fits, quota)
+            detail = obs.status.detail if obs.status is not None else None
+            reason = (detail if job.state == JobState.PROVISIONING.value else None) or ""
+        await asyncio.to_thread(self._apply, job.id, to, reason, **self._progress_fields(job, obs))
 
     @staticmethod
     def _progress_fields(job: Job, obs: _Observation) -> dict[str, object]:

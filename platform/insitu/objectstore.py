@@ -93,3 +93,9 @@ def ensure_bucket(settings: Settings, url: str) -> None:
         client.head_bucket(Bucket=bucket)
     except Exception:
         client.create_bucket(Bucket=bucket)
+
+
+def state_store(settings: Settings, folder: str) -> Workspace:
+    """A folder of the server's shared state (``bundles``, ``logs``), on the server's
+    credentials: every replica reads and writes the same one."""
+    return workspace(settings, f"{settings.resolved_state_url}/{folder}")

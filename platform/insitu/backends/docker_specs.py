@@ -13,17 +13,25 @@ capability dropped, no privilege escalation, and limits on memory, CPU and proce
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from insitu.backends.base import LABEL_COMPONENT, LABEL_JOB, LaunchRequest
+from insitu.backends.cluster_plan import (
+    LOOPBACK,
+    TMP,
+    ClusterPlan,
+    Lockdown,
+    base_env,
+    plan_cluster,
+)
 from insitu.config import DockerBackendSettings
 
 LABEL_SERVER = "insitu.io/server"
 LABEL_WORKER = "insitu.io/worker"
-SCHEDULER_PORT = 8786
 SOCKET_DIR = "/run/insitu"  # where the gateway sees the store socket
 ASSIGNMENT_FILE = "assignment.json"  # where a warm sandbox's runner learns its job
 COMPONENTS = ("gateway", "scheduler", "worker", "runner")
@@ -81,47 +89,40 @@ class _Common:
     job: JobContainers
     image: str
     settings: DockerBackendSettings
-    user: str
+    lockdown: Lockdown
     server_id: str
 
 
 def _container(
     common: _Common,
     component: str,
-    command: list[str],
+    command: Sequence[str],
     *,
     memory: int,
     cpus: float,
     network_mode: str,
-    env: dict[str, str],
+    env: Mapping[str, str],
     name: str | None = None,
 ) -> dict[str, Any]:
-    job, settings = common.job, common.settings
+    job, settings, lockdown = common.job, common.settings, common.lockdown
     return {
         "name": name or job.name(component),
         "image": common.image,
-        "entrypoint": command,
+        "entrypoint": list(command),
         "command": [],
-        "user": common.user,
-        "working_dir": "/tmp",
-        "environment": {
-            "HOME": "/tmp",
-            "TMPDIR": "/tmp",
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "INSITU_JOB_ID": job.job_id,
-            **env,
-        },
+        "user": f"{lockdown.uid}:{lockdown.gid}",
+        "working_dir": TMP,
+        "environment": dict(env),
         "labels": {
             LABEL_JOB: job.job_id,
             LABEL_COMPONENT: component,
             LABEL_SERVER: common.server_id,
         },
         "network_mode": network_mode,
-        "read_only": True,
-        "tmpfs": {"/tmp": f"size={settings.tmp_size},mode=1777"},
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
+        "read_only": lockdown.read_only_root,
+        "tmpfs": {TMP: f"size={lockdown.tmp_bytes},mode=1777"},
+        "cap_drop": list(lockdown.drop_capabilities),
+        "security_opt": ["no-new-privileges"] if lockdown.no_new_privileges else [],
         "mem_limit": memory,
         "memswap_limit": memory,
         "nano_cpus": max(int(cpus * 1e9), 10_000_000),
@@ -141,13 +142,31 @@ def _gateway_command(store: StoreRoute | None) -> list[str]:
     ]  # fmt: skip
 
 
-def _worker_command(index: int, threads: int, memory: int) -> list[str]:
-    return [
-        "python", "-m", "distributed.cli.dask_worker", f"tcp://127.0.0.1:{SCHEDULER_PORT}",
-        "--name", f"worker-{index}", "--host", "127.0.0.1",
-        "--nthreads", str(threads), "--nworkers", "1", "--no-nanny",
-        "--memory-limit", str(memory), "--local-directory", "/tmp", "--no-dashboard",
-    ]  # fmt: skip
+def docker_lockdown(settings: DockerBackendSettings, user: str) -> Lockdown:
+    """The plan's lockdown as the docker backend runs it: as ``user`` ("uid:gid")."""
+    uid, _, gid = user.partition(":")
+    return Lockdown(uid=int(uid), gid=int(gid or uid), tmp_bytes=int(settings.tmp_size))
+
+
+def cluster_of(
+    request: LaunchRequest,
+    *,
+    settings: DockerBackendSettings,
+    user: str,
+    runner_env: Mapping[str, str],
+    sandbox: bool = False,
+) -> ClusterPlan:
+    """The job's cluster on one host: its processes share a loopback-only network."""
+    return plan_cluster(
+        request,
+        LOOPBACK,
+        scheduler_memory=int(settings.scheduler_memory),
+        runner_memory=int(settings.runner_memory),
+        wait_timeout_s=settings.worker_start_timeout,
+        lockdown=docker_lockdown(settings, user),
+        runner_env=runner_env,
+        assignment=f"{SOCKET_DIR}/{ASSIGNMENT_FILE}" if sandbox else None,
+    )
 
 
 def plan(
@@ -163,16 +182,18 @@ def plan(
     runner_env: dict[str, str],
     sandbox: bool = False,
 ) -> JobContainers:
-    """The containers of one job: gateway, scheduler, workers, runner.
+    """The containers of one job: its gateway, then its cluster (:func:`cluster_of`)
+    rendered as containers: scheduler, workers, runner.
 
     A warm ``sandbox``'s runner waits for the server to assign it a job, through a file
     in ``socket_dir`` (mounted read-only), instead of running ``request``'s workspace.
     """
+    cluster = cluster_of(
+        request, settings=settings, user=user, runner_env=runner_env, sandbox=sandbox
+    )
     job = JobContainers(request.job_id)
-    common = _Common(job, image, settings, user, server_id)
-    res = request.resources
+    common = _Common(job, image, settings, cluster.lockdown, server_id)
     joined = f"container:{job.name('gateway')}"
-    job_env = {**request.env, "DASK_TEMPORARY_DIRECTORY": "/tmp"}
 
     # Gateway: owns the job's network namespace; relays the store's port to the socket.
     gateway = _container(
@@ -182,7 +203,7 @@ def plan(
         memory=256 << 20,
         cpus=1.0,
         network_mode="none",
-        env={},
+        env=base_env(request.job_id),
     )
     if store is not None:
         gateway["extra_hosts"] = {alias: "127.0.0.1" for alias in store.aliases}
@@ -192,19 +213,16 @@ def plan(
             gateway["volumes"] = {str(socket_dir): {"bind": SOCKET_DIR, "mode": "ro"}}
     job.specs.append(gateway)
 
-    scheduler_cmd = [
-        "python", "-m", "distributed.cli.dask_scheduler",
-        "--host", "127.0.0.1", "--port", str(SCHEDULER_PORT), "--no-dashboard",
-    ]  # fmt: skip
+    scheduler = cluster.scheduler
     job.specs.append(
         _container(
             common,
             "scheduler",
-            scheduler_cmd,
-            memory=settings.scheduler_memory,
-            cpus=1.0,
+            scheduler.argv,
+            memory=scheduler.memory,
+            cpus=scheduler.cpus,
             network_mode=joined,
-            env={},
+            env=scheduler.env,
         )
     )
 
@@ -212,43 +230,34 @@ def plan(
     data_dir = local_path(request.dataset_url)
     work_dir = local_path(request.workspace_url)
     read_mounts = {str(data_dir): {"bind": str(data_dir), "mode": "ro"}} if data_dir else {}
-    cpus = min(float(res.threads_per_worker), float(host_cpus))
-    for index in range(res.workers):
+    worker_plan = cluster.worker
+    for index in range(cluster.workers):
         worker = _container(
             common,
             "worker",
-            _worker_command(index, res.threads_per_worker, res.memory_per_worker),
-            memory=res.memory_per_worker,
-            cpus=cpus,
+            cluster.worker_argv(index),
+            memory=worker_plan.memory,
+            cpus=min(worker_plan.cpus, float(host_cpus)),  # more than the host has cannot run
             network_mode=joined,
-            env=job_env,
+            env=worker_plan.env,
             name=job.name(f"worker-{index}"),
         )
         worker["labels"][LABEL_WORKER] = str(index)
         if read_mounts:
             worker["volumes"] = dict(read_mounts)
-        if res.gpu:
-            worker["device_requests"] = [{"Count": res.gpu, "Capabilities": [["gpu"]]}]
+        if worker_plan.gpu:
+            worker["device_requests"] = [{"Count": worker_plan.gpu, "Capabilities": [["gpu"]]}]
         job.specs.append(worker)
 
-    waits = [
-        "--scheduler", f"tcp://127.0.0.1:{SCHEDULER_PORT}",
-        "--wait-workers", str(res.workers),
-        "--wait-timeout", str(int(settings.worker_start_timeout)),
-    ]  # fmt: skip
-    if sandbox:
-        assignment = f"{SOCKET_DIR}/{ASSIGNMENT_FILE}"
-        runner_cmd = ["python", "-m", "insitu.runtime.sandbox", "--assignment", assignment, *waits]
-    else:
-        runner_cmd = ["python", "-m", "insitu.runtime", request.workspace_url, *waits]
+    runner_plan = cluster.runner
     runner = _container(
         common,
         "runner",
-        runner_cmd,
-        memory=settings.runner_memory,
-        cpus=1.0,
+        runner_plan.argv,
+        memory=runner_plan.memory,
+        cpus=runner_plan.cpus,
         network_mode=joined,
-        env={**job_env, **runner_env},
+        env=runner_plan.env,
     )
     mounts = dict(read_mounts)
     if work_dir is not None:

@@ -17,6 +17,7 @@ from typing import Any
 from insitu.backends.base import LABEL_JOB, LaunchRequest
 from insitu.backends.k8s_manifests import (
     GATEWAY_COMPONENT,
+    POD_LOCKDOWN,
     container_security,
     data_zone,
     gateway_name,
@@ -96,7 +97,7 @@ def gateway_manifests(
                     "requests": {"cpu": "250m", "memory": "256Mi"},
                     "limits": {"cpu": "1", "memory": "512Mi"},
                 },
-                "securityContext": container_security(),
+                "securityContext": container_security(POD_LOCKDOWN),
                 "volumeMounts": [
                     {"name": "counts", "mountPath": COUNTS_DIR},
                     {"name": "tmp", "mountPath": "/tmp"},

@@ -17,6 +17,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from insitu.backends.base import LABEL_COMPONENT, LABEL_JOB, LaunchRequest
+from insitu.backends.cluster_plan import (
+    DASHBOARD_PORT,
+    OPERATOR,
+    RUN_AS,
+    RUNNER_WAIT_MARGIN_S,
+    SCHEDULER_PORT,
+    TMP,
+    ClusterPlan,
+    Lockdown,
+    Process,
+    plan_cluster,
+)
 from insitu.config import KubernetesBackendSettings
 from insitu.spec import Resources
 from insitu.units import format_size
@@ -24,14 +36,13 @@ from insitu.units import format_size
 LABEL_SERVER = "insitu.io/server"
 LABEL_TENANT = "insitu.io/tenant"
 DASK_GROUP, DASK_VERSION, DASKJOB_PLURAL = "kubernetes.dask.org", "v1", "daskjobs"
-SCHEDULER_PORT, DASHBOARD_PORT = 8786, 8787
-RUN_AS = 10001
 SPOT_TAINT = ("insitu.io/spot", "true")
 GPU_RESOURCE = "nvidia.com/gpu"
-RUNNER_WAIT_MARGIN_S = 60.0  # the runner outwaits the backend's pending_timeout by this much
 
 
 GATEWAY_COMPONENT = "store-gateway"
+#: what every pod insitu makes is denied (a job's, and its store gateway's)
+POD_LOCKDOWN = Lockdown(uid=RUN_AS, gid=RUN_AS, tmp_bytes=1 << 30)
 
 
 def dns_label(text: str, limit: int = 63) -> str:
@@ -82,16 +93,25 @@ def data_zone(settings: KubernetesBackendSettings, dataset_url: str | None) -> s
     return settings.bucket_zones.get(bucket) or settings.data_zone
 
 
-def container_security() -> dict[str, Any]:
+def container_security(lockdown: Lockdown) -> dict[str, Any]:
+    """The plan's lockdown as a container's securityContext."""
     return {
         "runAsNonRoot": True,
-        "runAsUser": RUN_AS,
-        "runAsGroup": RUN_AS,
-        "readOnlyRootFilesystem": True,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
+        "runAsUser": lockdown.uid,
+        "runAsGroup": lockdown.gid,
+        "readOnlyRootFilesystem": lockdown.read_only_root,
+        "allowPrivilegeEscalation": not lockdown.no_new_privileges,
+        "capabilities": {"drop": list(lockdown.drop_capabilities)},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+def quantity(size: int) -> str:
+    """Bytes as a Kubernetes quantity, in Gi or Mi where they divide it."""
+    for unit, shift in (("Gi", 30), ("Mi", 20)):
+        if size and size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return str(size)
 
 
 def _env(values: dict[str, str]) -> list[dict[str, str]]:
@@ -103,14 +123,15 @@ def _pod_spec(
     request: LaunchRequest,
     container: dict[str, Any],
     *,
+    lockdown: Lockdown,
     spot: bool,
     gpu: int = 0,
 ) -> dict[str, Any]:
     """A pod spec with insitu's placement and lockdown around one container."""
     container = {
         "imagePullPolicy": "IfNotPresent",
-        "securityContext": container_security(),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": container_security(lockdown),
+        "volumeMounts": [{"name": "tmp", "mountPath": TMP}],
         **container,
     }
     spec: dict[str, Any] = {
@@ -119,12 +140,12 @@ def _pod_spec(
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "fsGroup": RUN_AS,
+            "runAsUser": lockdown.uid,
+            "fsGroup": lockdown.gid,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": quantity(lockdown.tmp_bytes)}}],
     }
     zone = data_zone(settings, request.dataset_url)
     if zone:
@@ -156,36 +177,49 @@ def _pod_spec(
     return spec
 
 
-def _resources(cpu: str | float, memory: str | int, gpu: int = 0) -> dict[str, Any]:
-    requests: dict[str, Any] = {"cpu": str(cpu), "memory": str(memory)}
-    limits: dict[str, Any] = {"cpu": str(cpu), "memory": str(memory)}
-    if gpu:
-        limits[GPU_RESOURCE] = str(gpu)
-        requests[GPU_RESOURCE] = str(gpu)
-    return {"requests": requests, "limits": limits}
+def _resources(process: Process) -> dict[str, Any]:
+    """A container's requests and limits: equal, so its pod is Guaranteed its share."""
+    wanted: dict[str, Any] = {"cpu": f"{process.cpus:g}", "memory": quantity(process.memory)}
+    if process.gpu:
+        wanted[GPU_RESOURCE] = str(process.gpu)
+    return {"requests": dict(wanted), "limits": dict(wanted)}
 
 
-def _runner_args(workspace_url: str, workers: int, wait_s: float) -> list[str]:
-    # The operator gives the runner pod DASK_SCHEDULER_ADDRESS; the runtime reads it. The
-    # runner waits for its workers a little longer than the backend lets a pod wait to be
-    # scheduled (pending_timeout): a slow scale-up ends with the scheduler's reason, given by
-    # the backend, not with the runner's "only 0 of N workers".
-    return ["python", "-m", "insitu.runtime", workspace_url,
-            "--wait-workers", str(workers), "--wait-timeout", str(int(wait_s))]  # fmt: skip
+def _container(process: Process, image: str) -> dict[str, Any]:
+    """One process of the plan as a container."""
+    container: dict[str, Any] = {
+        "name": process.component,
+        "image": image,
+        "args": list(process.argv),
+        "env": _env(dict(process.env)),
+        "resources": _resources(process),
+    }
+    if process.component == "scheduler":
+        container["ports"] = [
+            {"name": "tcp-comm", "containerPort": SCHEDULER_PORT, "protocol": "TCP"},
+            {"name": "http-dashboard", "containerPort": DASHBOARD_PORT, "protocol": "TCP"},
+        ]
+    return container
 
 
-def _scheduler_args() -> list[str]:
-    argv = "python -m distributed.cli.dask_scheduler --port {p} --dashboard-address :{d}"
-    return argv.format(p=SCHEDULER_PORT, d=DASHBOARD_PORT).split()
+def cluster_of(
+    request: LaunchRequest,
+    *,
+    settings: KubernetesBackendSettings,
+    runner_env: dict[str, str] | None = None,
+) -> ClusterPlan:
+    """The job's cluster as pods that the dask-kubernetes operator wires together."""
+    from kubernetes.utils import parse_quantity
 
-
-def _worker_args(threads: int, memory: int) -> list[str]:
-    # The operator sets DASK_WORKER_NAME and DASK_SCHEDULER_ADDRESS in worker pods.
-    argv = (
-        "python -m distributed.cli.dask_worker --name $(DASK_WORKER_NAME) --nthreads {t} "
-        "--memory-limit {m} --local-directory /tmp --dashboard-address :8788"
+    return plan_cluster(
+        request,
+        OPERATOR,
+        scheduler_memory=int(parse_quantity(settings.scheduler_memory)),
+        runner_memory=int(parse_quantity(settings.runner_memory)),
+        wait_timeout_s=settings.pending_timeout + RUNNER_WAIT_MARGIN_S,
+        lockdown=POD_LOCKDOWN,
+        runner_env=runner_env,
     )
-    return argv.format(t=threads, m=memory).split()
 
 
 def daskjob(
@@ -196,54 +230,26 @@ def daskjob(
     server_id: str,
     runner_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The job's ``DaskJob``: runner pod, scheduler and workers, from the job's image."""
+    """The job's ``DaskJob``: its cluster (:func:`cluster_of`) rendered as the runner pod,
+    the scheduler and the workers, from the job's image."""
     name = job_name(request.job_id)
-    res = request.resources
-    env = {**request.env, "HOME": "/tmp", "PYTHONUNBUFFERED": "1", "INSITU_JOB_ID": request.job_id}
+    cluster = cluster_of(request, settings=settings, runner_env=runner_env)
+    lockdown = cluster.lockdown
     runner = _pod_spec(
-        settings,
-        request,
-        {
-            "name": "runner",
-            "image": image,
-            "args": _runner_args(
-                request.workspace_url, res.workers, settings.pending_timeout + RUNNER_WAIT_MARGIN_S
-            ),
-            "env": _env({**env, **(runner_env or {})}),
-            "resources": _resources(1, settings.runner_memory),
-        },
-        spot=False,
+        settings, request, _container(cluster.runner, image), lockdown=lockdown, spot=False
     )
     runner["restartPolicy"] = "Never"
-    runner["activeDeadlineSeconds"] = max(int(request.timeout_s), 1)
+    runner["activeDeadlineSeconds"] = int(cluster.deadline_s)
     scheduler = _pod_spec(
-        settings,
-        request,
-        {
-            "name": "scheduler",
-            "image": image,
-            "args": _scheduler_args(),
-            "env": _env({"HOME": "/tmp"}),
-            "ports": [
-                {"name": "tcp-comm", "containerPort": SCHEDULER_PORT, "protocol": "TCP"},
-                {"name": "http-dashboard", "containerPort": DASHBOARD_PORT, "protocol": "TCP"},
-            ],
-            "resources": _resources(1, settings.scheduler_memory),
-        },
-        spot=False,
+        settings, request, _container(cluster.scheduler, image), lockdown=lockdown, spot=False
     )
     worker = _pod_spec(
         settings,
         request,
-        {
-            "name": "worker",
-            "image": image,
-            "args": _worker_args(res.threads_per_worker, res.memory_per_worker),
-            "env": _env(env),
-            "resources": _resources(res.threads_per_worker, res.memory_per_worker, res.gpu),
-        },
+        _container(cluster.worker, image),
+        lockdown=lockdown,
         spot=True,
-        gpu=res.gpu,
+        gpu=cluster.worker.gpu,
     )
     return {
         "apiVersion": f"{DASK_GROUP}/{DASK_VERSION}",
@@ -287,7 +293,7 @@ def daskjob(
                         },
                     },
                     "worker": {
-                        "replicas": res.workers,
+                        "replicas": cluster.workers,
                         "metadata": {"labels": labels_of(request, "worker", server_id)},
                         "spec": worker,
                     },

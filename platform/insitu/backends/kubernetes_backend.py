@@ -17,12 +17,14 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import re
 import secrets
 import threading
 from collections.abc import Iterable
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,11 +38,10 @@ from insitu.backends.base import (
     JobHandle,
     LaunchRequest,
     Metered,
-    job_log_path,
-    read_log,
     server_id,
 )
 from insitu.backends.k8s_gateway import TOKEN_KEY, gateway_manifests
+from insitu.backends.k8s_logs import LogTail, pod_log
 from insitu.backends.k8s_manifests import (
     DASK_GROUP,
     DASK_VERSION,
@@ -55,6 +56,8 @@ from insitu.backends.k8s_manifests import (
     tenant_manifests,
     tenant_namespace,
 )
+from insitu.backends.k8s_reasons import event_problem, pod_problem, runner_exit
+from insitu.backends.k8s_watch import ClusterCache, about_job
 from insitu.backends.store_gateway import (
     STORE_ACCESS,
     behind_gateway,
@@ -65,6 +68,8 @@ from insitu.backends.store_gateway import (
 from insitu.config import Settings
 from insitu.errors import BackendError, InvalidInput
 from insitu.gateway.policy import ADMIN_HEADER, ADMIN_PREFIX
+from insitu.objectstore import state_store
+from insitu.runtime.workspace import Workspace
 from insitu.spec import Resources
 
 # An image reference: [registry[:port]/]path[:tag][@digest]
@@ -72,97 +77,21 @@ _IMAGE = re.compile(
     r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._/-][a-z0-9]+)*"
     r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
-_PULL_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
-_CONFIG_ERRORS = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+log = logging.getLogger(__name__)
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value
-    if not value:
-        return None
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+def _component(pod: dict[str, Any]) -> str | None:
+    return ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_COMPONENT)
 
 
-def out_of_memory(component: str | None, name: str) -> str:
-    """What to do about a container of ``component`` that the kernel killed for memory."""
-    if component == "worker":
-        return (
-            f"a worker (pod {name}) ran out of memory (OOMKilled): ask for more "
-            "resources.memory_per_worker, or select less per task"
-        )
-    if component == "runner":
-        return (
-            f"the job's runner (pod {name}) ran out of memory (OOMKilled): the analysis brought "
-            "too much into it; reduce before returning (results are small), or ask the "
-            "operator for more INSITU_KUBERNETES__RUNNER_MEMORY"
-        )
-    return (
-        f"pod {name} ran out of memory (OOMKilled); ask the operator for more "
-        "INSITU_KUBERNETES__SCHEDULER_MEMORY"
-    )
-
-
-def pod_problem(pod: dict[str, Any], now: datetime, pending_timeout: float) -> str | None:
-    """A reason a person can act on, when a pod of the job cannot run; else None."""
-    metadata = pod.get("metadata", {})
-    name = metadata.get("name", "a pod")
-    component = (metadata.get("labels") or {}).get(LABEL_COMPONENT)
-    status = pod.get("status", {})
-    for container in status.get("containerStatuses") or []:
-        waiting = (container.get("state") or {}).get("waiting") or {}
-        reason = waiting.get("reason")
-        if reason in _PULL_ERRORS:
-            return (
-                f"the image {container.get('image')!r} cannot be pulled ({reason}: "
-                f"{waiting.get('message', 'no message')}); check its name and that the "
-                "cluster may pull it"
-            )
-        if reason in _CONFIG_ERRORS:
-            return f"pod {name} cannot start its container ({reason}: {waiting.get('message')})"
-        terminated = (container.get("state") or {}).get("terminated") or {}
-        # A container restarted after the kernel killed it runs again, but will again.
-        last = (container.get("lastState") or {}).get("terminated") or {}
-        if "OOMKilled" in (terminated.get("reason"), last.get("reason")):
-            return out_of_memory(component, name)
-        if reason == "CrashLoopBackOff":
-            restarts = container.get("restartCount", 0)
-            exited = f"exit code {last['exitCode']}" if "exitCode" in last else "no exit code"
-            detail = f": {last['reason']}" if last.get("reason") else ""
-            return (
-                f"pod {name} keeps crashing (CrashLoopBackOff after {restarts} restarts, "
-                f"{exited}{detail}); check that analysis.image runs the insitu runtime"
-            )
-    for condition in status.get("conditions") or []:
-        if (
-            condition.get("type") == "PodScheduled"
-            and condition.get("status") == "False"
-            and condition.get("reason") == "Unschedulable"
-        ):
-            since = _parse_time(condition.get("lastTransitionTime")) or now
-            if (now - since).total_seconds() >= pending_timeout:
-                return (
-                    f"pod {name} could not be scheduled for {pending_timeout:.0f} s: "
-                    f"{condition.get('message', 'no node fits')}; ask for fewer or smaller "
-                    "workers, or add nodes in the data's zone"
-                )
+def _unscheduled(pods: list[dict[str, Any]]) -> str | None:
+    """Why a pod waits for a node (the scheduler's message), while it may yet get one."""
+    for pod in pods:
+        for condition in (pod.get("status") or {}).get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                message = condition.get("message") or "no node fits yet"
+                return f"waiting for a node for pod {pod['metadata'].get('name')}: {message}"
     return None
-
-
-def runner_exit(pod: dict[str, Any] | None) -> tuple[int | None, str | None]:
-    """Exit code and a reason from the runner pod's final state."""
-    if pod is None:
-        return None, None
-    status = pod.get("status", {})
-    if status.get("reason") == "DeadlineExceeded":
-        return None, "the runner pod reached its deadline (activeDeadlineSeconds)"
-    for container in status.get("containerStatuses") or []:
-        terminated = (container.get("state") or {}).get("terminated") or {}
-        if terminated:
-            oom = terminated.get("reason") == "OOMKilled"
-            name = pod.get("metadata", {}).get("name", "the runner's pod")
-            return terminated.get("exitCode"), out_of_memory("runner", name) if oom else None
-    return None, None
 
 
 FIELD_MANAGER = "insitu"  # who owns the fields insitu applies to the cluster
@@ -170,7 +99,8 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
 
 
 def check_pods_reach(settings: Settings) -> None:
-    """Refuse settings under which a job's pods could not reach its workspace.
+    """Refuse settings under which a job's pods could not reach its workspace, or API
+    replicas would not share their state.
 
     Pods run on the cluster's nodes: a ``file://`` workspace is a folder of the server's pod,
     and a store on ``localhost`` is the pod's own loopback.
@@ -181,6 +111,13 @@ def check_pods_reach(settings: Settings) -> None:
             f"the kubernetes backend runs jobs in pods, which cannot reach the workspace {url}: "
             "set INSITU_WORKSPACE_URL to an s3:// prefix (e.g. s3://insitu-results/jobs) in "
             "a bucket the cluster reaches"
+        )
+    state = settings.resolved_state_url
+    if not state.startswith("s3://"):
+        raise InvalidInput(
+            f"the kubernetes backend's API replicas would each keep code bundles and job logs "
+            f"in {state}, a folder of their own pod: set INSITU_STATE_URL to an s3:// prefix "
+            "(or leave it unset to use the workspace's)"
         )
     endpoint = settings.storage.endpoint_url
     host = urlsplit(endpoint).hostname if endpoint else None
@@ -201,11 +138,15 @@ class KubernetesBackend(Backend):
         self.settings = settings
         self.config = settings.kubernetes
         self.server_id = server_id(settings)
-        self.log_dir = settings.home / "logs"
         self._api_client = api_client
         self._tenants: set[str] = set()
         self._sealed: dict[str, dict[str, Any]] = {}  # gateway counts at the seal, by job
         self._lock = threading.Lock()
+        self._cache: ClusterCache | None = None
+        self._tails: dict[str, LogTail] = {}  # running jobs' runner logs, as read so far
+        self._part_logs: dict[str, dict[str, bytes]] = {}  # by job: its other pods' logs
+        self._collections: dict[str, list[Future[None]]] = {}  # those logs being read
+        self._collecting = ThreadPoolExecutor(2, thread_name_prefix="k8s-logs")
 
     # -- the cluster ------------------------------------------------------------------------
 
@@ -453,6 +394,34 @@ class KubernetesBackend(Backend):
     async def start(self, request: LaunchRequest) -> JobHandle:
         return await asyncio.to_thread(self._start_or_explain, request)
 
+    # -- what the cluster says of a job ---------------------------------------------------
+
+    def watches(self, wait: float = 10.0) -> ClusterCache | None:
+        """The watched cache of the server's pods, DaskJobs and events, started on first
+        use; None when watching is off or the first lists have not come within ``wait``."""
+        if not self.config.watch:
+            return None
+        api = self.api_client
+        with self._lock:
+            if self._cache is None:
+                self._cache = ClusterCache(
+                    api,
+                    server_label=f"{LABEL_SERVER}={self.server_id}",
+                    namespace_prefix=self.config.namespace_prefix,
+                    daskjobs=(DASK_GROUP, DASK_VERSION, DASKJOB_PLURAL),
+                    resync_s=self.config.resync,
+                )
+                self._cache.pods.on_change = self._pod_changed
+                self._cache.start()
+            cache = self._cache
+        return cache if cache.synced(wait) else None
+
+    def _watching(self) -> ClusterCache | None:
+        """The watches if this process follows the cluster already (its dispatcher does);
+        an API replica that only serves logs asks for what it needs instead."""
+        cache = self._cache
+        return cache if cache is not None and cache.synced() else None
+
     def _pods(self, namespace: str, job_id: str) -> list[dict[str, Any]]:
         core, _, _ = self._apis()
         pods = self._call(
@@ -462,9 +431,18 @@ class KubernetesBackend(Backend):
             label_selector=f"{LABEL_JOB}={job_id}",
             _preload_content=False,
         )
-        import json
-
         return list(json.loads(pods.data).get("items", []))
+
+    def _events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        core, _, _ = self._apis()
+        listed = self._call(
+            "list the job's events",
+            core.list_namespaced_event,
+            namespace,
+            field_selector="type!=Normal",
+            _preload_content=False,
+        )
+        return about_job(json.loads(listed.data).get("items", []), namespace, name)
 
     def _daskjob(self, namespace: str, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
@@ -481,26 +459,33 @@ class KubernetesBackend(Backend):
                 return None
             raise BackendError(f"could not read DaskJob {namespace}/{name}: {exc.reason}") from None
 
-    def _status_one(self, handle: JobHandle) -> BackendStatus:
+    def _observed(
+        self, handle: JobHandle, cache: ClusterCache | None
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
+        """The job's DaskJob, pods and warning events: from the watches, else asked for."""
         namespace, name = handle.data["namespace"], handle.data["name"]
-        job = self._daskjob(namespace, name)
+        if cache is None:
+            job = self._daskjob(namespace, name)
+            if job is None:
+                return None, [], []
+            return job, self._pods(namespace, handle.job_id), self._events(namespace, name)
+        job = cache.daskjob(namespace, name)
+        if job is None:  # not seen yet, or gone: only the API server can tell which
+            job = self._daskjob(namespace, name)
+        return job, cache.pods_of(LABEL_JOB, handle.job_id), cache.events_of(namespace, name)
+
+    def _status_one(self, handle: JobHandle, cache: ClusterCache | None) -> BackendStatus:
+        namespace, name = handle.data["namespace"], handle.data["name"]
+        job, pods, events = self._observed(handle, cache)
         if job is None:
             return BackendStatus(
                 BackendPhase.MISSING, detail=f"DaskJob {namespace}/{name} is gone from the cluster"
             )
         state = (job.get("status") or {}).get("jobStatus") or "JobCreated"
-        pods = self._pods(namespace, handle.job_id)
         runner_name = (job.get("status") or {}).get("jobRunnerPodName")
         runner = next(
             (p for p in pods if p["metadata"]["name"] == runner_name),
-            next(
-                (
-                    p
-                    for p in pods
-                    if p["metadata"].get("labels", {}).get("insitu.io/component") == "runner"
-                ),
-                None,
-            ),
+            next((p for p in pods if _component(p) == "runner"), None),
         )
         if state in ("Successful", "Failed"):
             code, detail = runner_exit(runner)
@@ -515,55 +500,157 @@ class KubernetesBackend(Backend):
         if runner is not None and runner.get("status", {}).get("phase") in ("Failed",):
             code, detail = runner_exit(runner)
             return BackendStatus(BackendPhase.EXITED, exit_code=code, detail=detail)
+        expected = int(((job.get("spec") or {}).get("cluster") or {}).get("spec", {})
+                       .get("worker", {}).get("replicas", 0)) + 2  # fmt: skip
+        live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+        problem, waiting = event_problem(
+            events, now, self.config.pending_timeout, expected - len(live)
+        )
+        if problem:
+            return BackendStatus(BackendPhase.EXITED, detail=problem)
         if state == "Running" and runner is not None:
             return BackendStatus(BackendPhase.RUNNING)
-        return BackendStatus(BackendPhase.PENDING)
+        return BackendStatus(BackendPhase.PENDING, detail=waiting or _unscheduled(pods))
 
     async def status(self, handles: Iterable[JobHandle]) -> dict[str, BackendStatus]:
         handles = list(handles)
 
         def all_of() -> dict[str, BackendStatus]:
-            return {h.job_id: self._status_one(h) for h in handles}
+            cache = self.watches()
+            return {h.job_id: self._status_one(h, cache) for h in handles}
 
         return await asyncio.to_thread(all_of)
 
     # -- logs -----------------------------------------------------------------------------
 
-    def log_path(self, job_id: str) -> Path:
-        return job_log_path(self.settings, job_id)
+    def _kept_logs(self) -> Workspace:
+        return state_store(self.settings, "logs")
 
-    def _runner_log(self, handle: JobHandle) -> bytes | None:
-        namespace = handle.data["namespace"]
-        core, _, _ = self._apis()
-        runners = [
-            p
-            for p in self._pods(namespace, handle.job_id)
-            if p["metadata"].get("labels", {}).get("insitu.io/component") == "runner"
-        ]
-        if not runners:
-            return None
-        response = self._call(
-            "read the runner's log",
-            core.read_namespaced_pod_log,
-            runners[0]["metadata"]["name"],
-            namespace,
-            _preload_content=False,
+    def _runner_pod(self, handle: JobHandle) -> str | None:
+        cache = self._watching()
+        pods = (
+            cache.pods_of(LABEL_JOB, handle.job_id)
+            if cache is not None
+            else self._pods(handle.data["namespace"], handle.job_id)
         )
-        return bytes(response.data)
+        runners = [p for p in pods if _component(p) == "runner"]
+        return runners[0]["metadata"]["name"] if runners else None
+
+    def _tail(self, handle: JobHandle) -> LogTail | None:
+        """The runner's log as followed so far (made on first use)."""
+        with self._lock:
+            tail = self._tails.get(handle.job_id)
+        if tail is not None:
+            return tail
+        pod = self._runner_pod(handle)
+        if pod is None:
+            return None
+        namespace = handle.data["namespace"]
+
+        def fetch(since: str | None) -> bytes:
+            return pod_log(self.api_client, namespace, pod, container="runner",
+                           since_time=since, timestamps=True)  # fmt: skip
+
+        with self._lock:
+            return self._tails.setdefault(
+                handle.job_id, LogTail(fetch, int(self.config.runner_log_bytes))
+            )
 
     def _read_log(self, handle: JobHandle, offset: int) -> tuple[bytes, int]:
-        path = self.log_path(handle.job_id)
-        if path.exists():  # kept when the job's pods went
-            return read_log(path, offset)
-        try:
-            data = self._runner_log(handle) or b""
-        except BackendError:
-            data = b""
-        chunk = data[offset : offset + LOG_CHUNK]
+        kept = self._kept_logs()
+        name = f"{handle.job_id}.log"
+        size = kept.size(name)
+        if size is not None:  # the job ended: its log is kept where every replica reads
+            if offset >= size:
+                return b"", offset
+            with kept.open(name) as log:
+                log.seek(offset)
+                data = log.read(LOG_CHUNK)
+            return data, offset + len(data)
+        tail = self._tail(handle)
+        if tail is None:
+            return b"", offset
+        if offset + LOG_CHUNK > len(tail.data):  # the reader has all we have: ask for more
+            with contextlib.suppress(Exception):
+                tail.refresh()
+        chunk = tail.read(offset, LOG_CHUNK)
         return chunk, offset + len(chunk)
 
     async def logs(self, handle: JobHandle, offset: int = 0) -> tuple[bytes, int]:
         return await asyncio.to_thread(self._read_log, handle, offset)
+
+    def _pod_changed(self, pod: dict[str, Any]) -> Future[None] | None:
+        """A watch saw a pod change: keep the log of a scheduler or worker that is about to
+        go (deleted with its cluster as the job ends) or that restarted (after an OOM)."""
+        component = _component(pod)
+        metadata = pod.get("metadata") or {}
+        job_id = (metadata.get("labels") or {}).get(LABEL_JOB)
+        name, namespace = metadata.get("name"), metadata.get("namespace")
+        if component not in ("scheduler", "worker") or not (job_id and name and namespace):
+            return None
+        restarted = any(
+            (c.get("restartCount") or 0) > 0
+            for c in (pod.get("status") or {}).get("containerStatuses") or []
+        )
+        previous = restarted and not metadata.get("deletionTimestamp")
+        part = f"{name} (before its restart)" if previous else name
+        with self._lock:
+            parts = self._part_logs.setdefault(job_id, {})
+            if part in parts:
+                return None
+            parts[part] = b""  # claimed: each part's log is read once
+            future = self._collecting.submit(
+                self._collect, job_id, namespace, name, part, component, previous
+            )
+            self._collections.setdefault(job_id, []).append(future)
+        return future
+
+    def _collect(
+        self, job_id: str, namespace: str, pod: str, part: str, container: str, previous: bool
+    ) -> None:
+        limit = int(self.config.worker_log_bytes)
+        try:
+            data = pod_log(self.api_client, namespace, pod, container=container,
+                           previous=previous)  # fmt: skip
+        except Exception as exc:
+            data = f"[insitu: the log of pod {pod} could not be read: {exc}]\n".encode()
+        if len(data) > limit:  # its end tells how it ended
+            data = b"[insitu: earlier lines left out]\n" + data[-limit:]
+        with self._lock:
+            self._part_logs.setdefault(job_id, {})[part] = data
+
+    def _keep_log(self, handle: JobHandle) -> None:
+        """Keep the job's log where every replica finds it once its pods are gone: the
+        runner's log, then the end of each scheduler's and worker's."""
+        kept = self._kept_logs()
+        name = f"{handle.job_id}.log"
+        if kept.size(name) is not None:
+            return
+        tail = self._tail(handle)
+        if tail is not None:
+            with contextlib.suppress(Exception):
+                tail.refresh()
+        for pod in self._pods_now(handle):  # the parts still here, going now
+            self._pod_changed({**pod, "metadata": {**pod["metadata"], "deletionTimestamp": "now"}})
+        with self._lock:
+            collections = self._collections.pop(handle.job_id, [])
+        futures.wait(collections, timeout=60)
+        with self._lock:
+            parts = self._part_logs.pop(handle.job_id, {})
+            self._tails.pop(handle.job_id, None)
+        text = bytearray(tail.data if tail is not None else b"")
+        for part, data in sorted(parts.items()):
+            if data:
+                text += f"\n---- the log of {part} ----\n".encode() + data
+        kept.write_bytes(name, bytes(text))
+
+    def _pods_now(self, handle: JobHandle) -> list[dict[str, Any]]:
+        cache = self._watching()
+        if cache is not None:
+            return cache.pods_of(LABEL_JOB, handle.job_id)
+        with contextlib.suppress(BackendError):
+            return self._pods(handle.data["namespace"], handle.job_id)
+        return []
 
     # -- the job's store gateway ------------------------------------------------------------
 
@@ -655,13 +742,10 @@ class KubernetesBackend(Backend):
             self._delete_gateway(handle.job_id)
 
     def _cleanup(self, handle: JobHandle) -> None:
-        path = self.log_path(handle.job_id)
-        if not path.exists():
-            with contextlib.suppress(BackendError):
-                log = self._runner_log(handle)
-                if log is not None:
-                    self.log_dir.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(log)
+        try:
+            self._keep_log(handle)
+        except Exception as exc:  # the store is down: the job's objects go all the same
+            log.warning("could not keep the log of job %s: %s", handle.job_id, exc)
         self._delete(handle)
 
     async def cancel(self, handle: JobHandle, grace: float = 5.0) -> None:
@@ -714,6 +798,11 @@ class KubernetesBackend(Backend):
         return await asyncio.to_thread(self._orphans, live_job_ids)
 
     async def close(self) -> None:
+        with self._lock:
+            cache, self._cache = self._cache, None
+        if cache is not None:
+            await asyncio.to_thread(cache.close)
+        self._collecting.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             api, self._api_client = self._api_client, None
         if api is not None:

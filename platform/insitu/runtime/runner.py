@@ -5,6 +5,7 @@ Usage inside any backend: ``python -m insitu.runtime WORKSPACE_URL [--scheduler 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import json
@@ -462,10 +463,9 @@ def finish(workspace: Workspace, outcome: Outcome, chunks_total: int) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m insitu.runtime``."""
-    import argparse
-
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m insitu.runtime`` (backends' plans are checked
+    against it)."""
     parser = argparse.ArgumentParser(prog="python -m insitu.runtime", description=__doc__)
     parser.add_argument("workspace", help="URL of the job's workspace (file:// or s3://)")
     parser.add_argument(
@@ -480,7 +480,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--wait-timeout", type=float, default=120.0, help="seconds to wait for the workers"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m insitu.runtime``."""
+    args = parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -63,7 +63,8 @@ def await_assignment(path: Path, timeout: float) -> dict[str, Any] | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m insitu.runtime.sandbox``."""
     parser = argparse.ArgumentParser(prog="python -m insitu.runtime.sandbox", description=__doc__)
     parser.add_argument("--assignment", type=Path, required=True, help="file naming the job")
     parser.add_argument("--scheduler", required=True, help="the sandbox's Dask scheduler")
@@ -72,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--idle-timeout", type=float, default=7 * 24 * 3600.0, help="give up after this long"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m insitu.runtime.sandbox``."""
+    args = parser().parse_args(argv)
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     warm_up()
     from insitu.runtime.runner import main as run_main

@@ -13,19 +13,20 @@ from sqlalchemy.orm import Session
 from insitu.config import Settings
 from insitu.db.models import BundleUpload, User
 from insitu.errors import InvalidInput, NotFound
+from insitu.objectstore import state_store
 from insitu.runtime import bundle
-from insitu.runtime.workspace import Workspace
 from insitu.services import access
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class BundleStore:
-    """Checked code bundles under ``<home>/bundles``, named by digest."""
+    """Checked code bundles under the state prefix's ``bundles/``, named by digest: in the
+    object store wherever jobs' workspaces are, so every API replica finds every bundle."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = Workspace((settings.home / "bundles").as_uri())
+        self.store = state_store(settings, "bundles")
 
     def put(self, session: Session, owner: User, data: bytes) -> tuple[str, int]:
         """Check and keep a bundle for ``owner`` (commits); return its digest and size.
