@@ -210,7 +210,7 @@ async def _phase(
 @pytest.mark.parametrize(
     ("status", "pod_list", "phase", "code", "detail"),
     [
-        ("created", None, BackendPhase.PENDING, None, None),
+        ("created", None, BackendPhase.PENDING, None, "the Dask operator is making the job's"),
         (
             "cluster-created",
             "unschedulable-fresh",
@@ -509,12 +509,14 @@ async def test_scheduler_and_worker_logs_end_up_in_the_job_log(
     backend: KubernetesBackend, cluster: FakeCluster
 ) -> None:
     handle = await backend.start(_request())
+    assert backend.watches() is not None  # following the cluster before the pods exist
     _running(cluster, backend, JOB)
     worker, scheduler = f"{JOB}-default-worker-6b7c9", f"{JOB}-scheduler"
     cluster.logs[f"{JOB}-runner"] = b"runner ran\n"
     cluster.logs[worker] = b"distributed.worker - WARNING - Worker is at 95% memory usage\n"
     cluster.logs[scheduler] = b"distributed.scheduler - INFO - Receive client connection\n"
     await _until(backend, handle, lambda s: s.phase == BackendPhase.RUNNING)
+    assert worker not in backend._part_logs.get(JOB, {})  # not read while it only runs
     # The runner ends; the operator deletes the cluster: the worker is going, then gone.
     going = cluster.objects[("pods", NAMESPACE, worker)]
     going["metadata"]["deletionTimestamp"] = "2026-12-07T10:00:05Z"
@@ -608,3 +610,60 @@ async def test_with_watches_off_each_pass_asks_for_the_job_s_objects(
     cluster.event(NAMESPACE, "ReplicaSet", worker, "FailedCreate", refused)
     waiting = (await backend.status([handle]))[JOB]
     assert waiting.phase == BackendPhase.PENDING and "limited: pods=64" in (waiting.detail or "")
+
+
+async def test_a_restarted_worker_s_earlier_run_is_kept_once(
+    backend: KubernetesBackend, cluster: FakeCluster
+) -> None:
+    handle = await backend.start(_request())
+    assert backend.watches() is not None
+    _running(cluster, backend, JOB)
+    worker = f"{JOB}-default-worker-6b7c9"
+    cluster.logs[worker] = b"MemoryError: the last words of the first run\n"
+    pod = cluster.objects[("pods", NAMESPACE, worker)]
+    pod["status"]["containerStatuses"][0]["restartCount"] = 1
+    for _ in range(3):  # the same restart, seen in several events, is read once
+        cluster.put("pods", pod)
+    part = f"{worker} (before restart 1)"
+    for _ in range(200):
+        if backend._part_logs.get(JOB, {}).get(part):
+            break
+        await anyio.sleep(0.02)
+    assert b"last words" in backend._part_logs[JOB][part]
+    assert len(backend._collections[JOB]) == 1
+    await backend.cleanup(handle)
+    kept = (await backend.logs(handle, 0))[0].decode()
+    assert f"---- the log of {part} ----" in kept
+
+
+async def test_a_quota_refusal_is_seen_for_a_one_worker_job_with_its_gateway(
+    backend: KubernetesBackend, cluster: FakeCluster
+) -> None:
+    """The store gateway carries the job's labels but is not one of its pods."""
+    handle = await backend.start(_request(resources=Resources(workers=1)))
+    assert cluster.objects.get(("pods", "insitu", f"{JOB}-gateway"))
+    cluster.set_status(NAMESPACE, JOB, daskjob_status("cluster-created"))
+    listed = pods("running")
+    listed["items"] = [p for p in listed["items"] if "worker" not in p["metadata"]["name"]]
+    cluster.put_pods(listed, labels={LABEL_SERVER: backend.server_id})
+    worker = f"{JOB}-default-worker-6b7c9"
+    cluster.event(NAMESPACE, "ReplicaSet", worker, "FailedCreate",
+                  f'pods "{worker}" is forbidden: exceeded quota: insitu-quota')  # fmt: skip
+    waiting = await _until(backend, handle, lambda s: "quota" in (s.detail or ""))
+    assert waiting.phase == BackendPhase.PENDING
+
+
+async def test_an_hour_old_quota_refusal_fails_nothing(
+    backend: KubernetesBackend, cluster: FakeCluster
+) -> None:
+    """Refused once at its start, the job got its pods; now the operator deletes them as
+    the runner ends. The old event must not fail it."""
+    handle = await backend.start(_request())
+    cluster.set_status(NAMESPACE, JOB, daskjob_status("cluster-created"))
+    worker = f"{JOB}-default-worker-6b7c9"
+    refused = f'pods "{worker}" is forbidden: exceeded quota: insitu-quota'
+    event = cluster.event(NAMESPACE, "ReplicaSet", worker, "FailedCreate", refused)
+    event["firstTimestamp"] = event["lastTimestamp"] = "2026-12-07T08:00:00Z"
+    cluster.put("events", event)
+    status = await _until(backend, handle, lambda s: s.detail is not None)
+    assert status.phase == BackendPhase.PENDING and "quota" not in (status.detail or "")

@@ -315,7 +315,7 @@ class KubernetesBackendSettings(BaseModel):
         "watches (one cache for all jobs); off: ask for each job's objects on every pass.",
     )
     resync: Seconds = Field(
-        parse_duration("5m"), description="Read the watched lists whole again this often."
+        parse_duration("5m"), ge=30, description="Read the watched lists whole again this often."
     )
     runner_log_bytes: ByteSize = Field(
         parse_size("64MiB"), description="Most of a runner's log kept (and shown) per job."

@@ -77,15 +77,16 @@ class LogTail:
         self.full = False
         self._lock = threading.Lock()
 
-    def refresh(self) -> None:
-        """Fetch and keep the lines written since the last refresh."""
+    def refresh(self, final: bool = False) -> None:
+        """Fetch and keep the lines written since the last refresh; ``final``: the
+        container has ended, so a last line without its newline is whole too."""
         with self._lock:
             if self.full:
                 return
             text = self._fetch(_second(self._last) if self._last else None)
             seen_at_last = 0
             for line in text.splitlines(keepends=True):
-                if not line.endswith(b"\n"):  # still being written: wait for its end
+                if not line.endswith(b"\n") and not final:  # still being written: wait
                     break
                 stamp, _, content = line.partition(b" ")
                 when = _instant(stamp.decode(errors="replace"))

@@ -107,6 +107,9 @@ def runner_exit(pod: dict[str, Any] | None) -> tuple[int | None, str | None]:
 
 
 QUOTA_SETTING = "INSITU_KUBERNETES__QUOTA__*"
+#: an event last seen longer ago than this is over (controllers repeat a failing create
+#: well within it, and Kubernetes keeps events about an hour)
+EVENT_FRESH_S = 300.0
 
 
 def _event_time(event: dict[str, Any], now: datetime) -> datetime:
@@ -122,6 +125,17 @@ def _event_time(event: dict[str, Any], now: datetime) -> datetime:
     return now
 
 
+def _last_seen(event: dict[str, Any], now: datetime) -> datetime:
+    """When an event (or the series it counts) last happened."""
+    series = event.get("series") or {}
+    for value in (series.get("lastObservedTime"), event.get("lastTimestamp"),
+                  event.get("eventTime")):  # fmt: skip
+        moment = _parse_time(value)
+        if moment is not None:
+            return moment
+    return _event_time(event, now)
+
+
 def event_problem(
     events: list[dict[str, Any]], now: datetime, pending_timeout: float, missing_pods: int
 ) -> tuple[str | None, str | None]:
@@ -133,7 +147,8 @@ def event_problem(
     when other jobs of the tenant end; after ``pending_timeout`` it fails the job.
     """
     waiting = None
-    for event in sorted(events, key=lambda e: _event_time(e, now)):
+    fresh = [e for e in events if (now - _last_seen(e, now)).total_seconds() <= EVENT_FRESH_S]
+    for event in sorted(fresh, key=lambda e: _event_time(e, now)):
         message = " ".join(str(event.get("message") or "").split())
         reason = event.get("reason") or ""
         if "exceeded quota" in message and missing_pods > 0:
@@ -147,7 +162,7 @@ def event_problem(
                     None,
                 )
             waiting = f"waiting: {text}"
-        elif reason == "FailedScheduling" and missing_pods >= 0:
+        elif reason == "FailedScheduling":
             waiting = waiting or f"waiting for a node: {message}"
         elif event.get("type") == "Error":  # the operator's own failures (it retries)
             waiting = waiting or f"the Dask operator reports: {message}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 WATCH_TIMEOUT_S = 300  # the API server ends a watch after this long; it is resumed
-RETRY_S = 2.0  # wait after a failed list or watch before the next try
+LIST_TIMEOUT = (10, 60)  # (connect, read) seconds of one list
+RETRY_S, RETRY_MAX_S = 1.0, 30.0  # backoff after failed lists or watches: doubled up to max
 Key = tuple[str, str]  # (namespace, name)
 
 
@@ -75,6 +77,8 @@ class Informer:
         self._response: Any = None
         self._stopping = threading.Event()  # the run's stop, once it runs
         self.lists = 0  # how many times the whole list was read (first, resyncs, after 410)
+        #: since when lists and watches fail (None while they work)
+        self.failing_since: float | None = None
         #: called (in the watch's thread) with each object a watch event brings; keep it quick
         self.on_change: Callable[[dict[str, Any]], object] | None = None
 
@@ -96,7 +100,9 @@ class Informer:
 
     def _relist(self) -> str:
         """Replace the cache with a fresh list; return the list's resourceVersion."""
-        response = self._list_call(**self._selectors, _preload_content=False)
+        response = self._list_call(
+            **self._selectors, _preload_content=False, _request_timeout=LIST_TIMEOUT
+        )
         listed = json.loads(response.data)
         objects = {_key(o): o for o in listed.get("items") or [] if self._keep(o)}
         with self._lock:
@@ -121,7 +127,7 @@ class Informer:
                 self._objects.pop(key, None)
             else:
                 self._objects[key] = obj
-        if self.on_change is not None and self._keep(obj):
+        if self.on_change is not None and kind != "DELETED" and self._keep(obj):
             try:
                 self.on_change(obj)
             except Exception:  # the watch goes on whatever a listener does
@@ -155,9 +161,11 @@ class Informer:
         """List, then watch, until ``stop`` is set: resumed after a watch ends, listed again
         after a 410 and every ``resync_s``."""
         self._stopping = stop
+        backoff = RETRY_S
         while not stop.is_set():
             try:
                 version = self._relist()
+                self.failing_since, backoff = None, RETRY_S
                 resync_at = time.monotonic() + self.resync_s
                 while not stop.is_set() and (left := resync_at - time.monotonic()) > 0:
                     version = self._follow(version, min(left, WATCH_TIMEOUT_S))
@@ -166,9 +174,12 @@ class Informer:
             except Exception as exc:
                 if stop.is_set():
                     return
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
                 log.warning("watch on %s failed (%s); listing again in %.0f s", self.name,
-                            exc, RETRY_S)  # fmt: skip
-                stop.wait(RETRY_S)
+                            exc, backoff)  # fmt: skip
+                stop.wait(backoff)
+                backoff = min(backoff * 2, RETRY_MAX_S)
 
     def interrupt(self) -> None:
         """End the current watch at once (the server is stopping)."""
@@ -208,9 +219,11 @@ class ClusterCache:
         core = client.CoreV1Api(api_client)
         custom = client.CustomObjectsApi(api_client)
 
+        prefix = re.sub(r"[^a-z0-9-]+", "-", namespace_prefix.lower())  # as namespaces have it
+
         def tenants(event: dict[str, Any]) -> bool:
             involved = event.get("involvedObject") or {}
-            return str(involved.get("namespace") or "").startswith(namespace_prefix)
+            return str(involved.get("namespace") or "").startswith(prefix)
 
         self.pods = Informer("pods", core.list_pod_for_all_namespaces,
                              label_selector=server_label, resync_s=resync_s)  # fmt: skip
@@ -248,6 +261,16 @@ class ClusterCache:
         """Whether every informer has its first list."""
         deadline = time.monotonic() + timeout
         return all(i.wait_synced(max(deadline - time.monotonic(), 0)) for i in self.informers)
+
+    def current(self, timeout: float = 0.0, stale_after: float = 60.0) -> bool:
+        """Whether the cache can be trusted now: every informer listed, and none has been
+        failing for more than ``stale_after`` seconds (then ask the API server instead)."""
+        if not self.synced(timeout):
+            return False
+        now = time.monotonic()
+        return all(
+            i.failing_since is None or now - i.failing_since < stale_after for i in self.informers
+        )
 
     def daskjob(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.daskjobs.get(namespace, name)

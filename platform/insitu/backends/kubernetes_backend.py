@@ -21,6 +21,7 @@ import logging
 import re
 import secrets
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -94,6 +95,17 @@ def _unscheduled(pods: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def _starting(state: str, pods: list[dict[str, Any]]) -> str:
+    """What a job whose cluster is not up yet is doing, when nothing is wrong."""
+    if not pods:
+        return "the Dask operator is making the job's cluster"
+    return f"the job's {len(pods)} pod(s) are starting (pulling the image, joining the cluster)"
+
+
+PARTS = ("runner", "scheduler", "worker")  # components of a job's own pods
+LOG_TAILS = 256  # runner logs followed at once in one process (the least recently read go)
+KEPT_MEMORY = 4096  # jobs remembered as kept, so late pod events read no more logs
+
 FIELD_MANAGER = "insitu"  # who owns the fields insitu applies to the cluster
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
 
@@ -143,10 +155,14 @@ class KubernetesBackend(Backend):
         self._sealed: dict[str, dict[str, Any]] = {}  # gateway counts at the seal, by job
         self._lock = threading.Lock()
         self._cache: ClusterCache | None = None
-        self._tails: dict[str, LogTail] = {}  # running jobs' runner logs, as read so far
+        self._tails: OrderedDict[str, LogTail] = OrderedDict()  # runner logs read so far
+        self._kept: OrderedDict[str, None] = OrderedDict()  # jobs whose log is kept, recent
+        self._restarts: dict[str, int] = {}  # by pod: restarts whose log was read
         self._part_logs: dict[str, dict[str, bytes]] = {}  # by job: its other pods' logs
         self._collections: dict[str, list[Future[None]]] = {}  # those logs being read
-        self._collecting = ThreadPoolExecutor(2, thread_name_prefix="k8s-logs")
+        self._collecting = ThreadPoolExecutor(4, thread_name_prefix="k8s-logs")
+        self._first_sync = True  # the first status pass waits for the watches' first lists
+        self._closed = False
 
     # -- the cluster ------------------------------------------------------------------------
 
@@ -398,7 +414,9 @@ class KubernetesBackend(Backend):
 
     def watches(self, wait: float = 10.0) -> ClusterCache | None:
         """The watched cache of the server's pods, DaskJobs and events, started on first
-        use; None when watching is off or the first lists have not come within ``wait``."""
+        use (which waits up to ``wait`` for the first lists). None when watching is off, or
+        the cache cannot be trusted now (not listed yet, or its watches keep failing): then
+        each pass asks the API server for each job's objects."""
         if not self.config.watch:
             return None
         api = self.api_client
@@ -413,14 +431,14 @@ class KubernetesBackend(Backend):
                 )
                 self._cache.pods.on_change = self._pod_changed
                 self._cache.start()
-            cache = self._cache
-        return cache if cache.synced(wait) else None
+            cache, first, self._first_sync = self._cache, self._first_sync, False
+        return cache if cache.current(wait if first else 0.0) else None
 
     def _watching(self) -> ClusterCache | None:
         """The watches if this process follows the cluster already (its dispatcher does);
         an API replica that only serves logs asks for what it needs instead."""
         cache = self._cache
-        return cache if cache is not None and cache.synced() else None
+        return cache if cache is not None and cache.current() else None
 
     def _pods(self, namespace: str, job_id: str) -> list[dict[str, Any]]:
         core, _, _ = self._apis()
@@ -472,7 +490,9 @@ class KubernetesBackend(Backend):
         job = cache.daskjob(namespace, name)
         if job is None:  # not seen yet, or gone: only the API server can tell which
             job = self._daskjob(namespace, name)
-        return job, cache.pods_of(LABEL_JOB, handle.job_id), cache.events_of(namespace, name)
+        # The job's own pods (in its namespace): not its store gateway, in the server's.
+        pods = [p for p in cache.pods_of(LABEL_JOB, handle.job_id) if _component(p) in PARTS]
+        return job, pods, cache.events_of(namespace, name)
 
     def _status_one(self, handle: JobHandle, cache: ClusterCache | None) -> BackendStatus:
         namespace, name = handle.data["namespace"], handle.data["name"]
@@ -503,14 +523,17 @@ class KubernetesBackend(Backend):
         expected = int(((job.get("spec") or {}).get("cluster") or {}).get("spec", {})
                        .get("worker", {}).get("replicas", 0)) + 2  # fmt: skip
         live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+        runner_ended = (runner or {}).get("status", {}).get("phase") in ("Succeeded", "Failed")
         problem, waiting = event_problem(
-            events, now, self.config.pending_timeout, expected - len(live)
+            events, now, self.config.pending_timeout, 0 if runner_ended else expected - len(live)
         )
         if problem:
             return BackendStatus(BackendPhase.EXITED, detail=problem)
         if state == "Running" and runner is not None:
             return BackendStatus(BackendPhase.RUNNING)
-        return BackendStatus(BackendPhase.PENDING, detail=waiting or _unscheduled(pods))
+        return BackendStatus(
+            BackendPhase.PENDING, detail=waiting or _unscheduled(pods) or _starting(state, live)
+        )
 
     async def status(self, handles: Iterable[JobHandle]) -> dict[str, BackendStatus]:
         handles = list(handles)
@@ -540,27 +563,31 @@ class KubernetesBackend(Backend):
         """The runner's log as followed so far (made on first use)."""
         with self._lock:
             tail = self._tails.get(handle.job_id)
-        if tail is not None:
-            return tail
+            if tail is not None:
+                self._tails.move_to_end(handle.job_id)
+                return tail
         pod = self._runner_pod(handle)
         if pod is None:
             return None
-        namespace = handle.data["namespace"]
+        namespace, limit = handle.data["namespace"], int(self.config.runner_log_bytes)
 
         def fetch(since: str | None) -> bytes:
             return pod_log(self.api_client, namespace, pod, container="runner",
-                           since_time=since, timestamps=True)  # fmt: skip
+                           since_time=since, timestamps=True, limit_bytes=2 * limit)  # fmt: skip
 
         with self._lock:
-            return self._tails.setdefault(
-                handle.job_id, LogTail(fetch, int(self.config.runner_log_bytes))
-            )
+            tail = self._tails.setdefault(handle.job_id, LogTail(fetch, limit))
+            while len(self._tails) > LOG_TAILS:
+                self._tails.popitem(last=False)
+            return tail
 
     def _read_log(self, handle: JobHandle, offset: int) -> tuple[bytes, int]:
         kept = self._kept_logs()
         name = f"{handle.job_id}.log"
         size = kept.size(name)
         if size is not None:  # the job ended: its log is kept where every replica reads
+            with self._lock:
+                self._tails.pop(handle.job_id, None)
             if offset >= size:
                 return b"", offset
             with kept.open(name) as log:
@@ -580,44 +607,56 @@ class KubernetesBackend(Backend):
         return await asyncio.to_thread(self._read_log, handle, offset)
 
     def _pod_changed(self, pod: dict[str, Any]) -> Future[None] | None:
-        """A watch saw a pod change: keep the log of a scheduler or worker that is about to
-        go (deleted with its cluster as the job ends) or that restarted (after an OOM)."""
+        """A watch saw a pod change: read the log of a scheduler or worker that is going
+        (deleted with its cluster as the job ends), or of the run before its restart (an
+        out-of-memory kill, say), while Kubernetes still has it."""
         component = _component(pod)
         metadata = pod.get("metadata") or {}
         job_id = (metadata.get("labels") or {}).get(LABEL_JOB)
         name, namespace = metadata.get("name"), metadata.get("namespace")
         if component not in ("scheduler", "worker") or not (job_id and name and namespace):
             return None
-        restarted = any(
-            (c.get("restartCount") or 0) > 0
+        going = bool(metadata.get("deletionTimestamp"))
+        restarts = sum(
+            int(c.get("restartCount") or 0)
             for c in (pod.get("status") or {}).get("containerStatuses") or []
         )
-        previous = restarted and not metadata.get("deletionTimestamp")
-        part = f"{name} (before its restart)" if previous else name
         with self._lock:
+            if job_id in self._kept:
+                return None
+            restarted = not going and restarts > self._restarts.get(name, 0)
+            if not (going or restarted):
+                return None
+            self._restarts[name] = restarts
+            part = name if going else f"{name} (before restart {restarts})"
             parts = self._part_logs.setdefault(job_id, {})
             if part in parts:
                 return None
             parts[part] = b""  # claimed: each part's log is read once
-            future = self._collecting.submit(
-                self._collect, job_id, namespace, name, part, component, previous
-            )
-            self._collections.setdefault(job_id, []).append(future)
-        return future
+            if not self._closed:
+                future = self._collecting.submit(
+                    self._collect, job_id, namespace, name, part, component, restarted
+                )
+                self._collections.setdefault(job_id, []).append(future)
+                return future
+        self._collect(job_id, namespace, name, part, component, restarted)  # no pool any more
+        return None
 
     def _collect(
         self, job_id: str, namespace: str, pod: str, part: str, container: str, previous: bool
     ) -> None:
         limit = int(self.config.worker_log_bytes)
-        try:
+        try:  # the end of it: how the part ended
             data = pod_log(self.api_client, namespace, pod, container=container,
-                           previous=previous)  # fmt: skip
+                           previous=previous, limit_bytes=None,
+                           tail_lines=max(limit // 40, 100))  # fmt: skip
         except Exception as exc:
             data = f"[insitu: the log of pod {pod} could not be read: {exc}]\n".encode()
-        if len(data) > limit:  # its end tells how it ended
+        if len(data) > limit:
             data = b"[insitu: earlier lines left out]\n" + data[-limit:]
         with self._lock:
-            self._part_logs.setdefault(job_id, {})[part] = data
+            if job_id not in self._kept:
+                self._part_logs.setdefault(job_id, {})[part] = data
 
     def _keep_log(self, handle: JobHandle) -> None:
         """Keep the job's log where every replica finds it once its pods are gone: the
@@ -629,7 +668,7 @@ class KubernetesBackend(Backend):
         tail = self._tail(handle)
         if tail is not None:
             with contextlib.suppress(Exception):
-                tail.refresh()
+                tail.refresh(final=True)
         for pod in self._pods_now(handle):  # the parts still here, going now
             self._pod_changed({**pod, "metadata": {**pod["metadata"], "deletionTimestamp": "now"}})
         with self._lock:
@@ -638,6 +677,11 @@ class KubernetesBackend(Backend):
         with self._lock:
             parts = self._part_logs.pop(handle.job_id, {})
             self._tails.pop(handle.job_id, None)
+            self._kept[handle.job_id] = None
+            while len(self._kept) > KEPT_MEMORY:
+                self._kept.popitem(last=False)
+            for part in parts:
+                self._restarts.pop(part.split(" ")[0], None)
         text = bytearray(tail.data if tail is not None else b"")
         for part, data in sorted(parts.items()):
             if data:
@@ -802,6 +846,8 @@ class KubernetesBackend(Backend):
             cache, self._cache = self._cache, None
         if cache is not None:
             await asyncio.to_thread(cache.close)
+        with self._lock:
+            self._closed = True
         self._collecting.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             api, self._api_client = self._api_client, None
