@@ -278,6 +278,27 @@ class Client:
         ``code`` is a folder to pack and upload; ``bundle`` the id of a bundle uploaded
         before with :meth:`upload_code`, to share one upload between several jobs.
         """
+        return self._json(  # type: ignore[no-any-return]
+            "POST", "/v1/jobs", json=self._spec_body(spec, code, bundle)
+        )
+
+    def plan(
+        self,
+        spec: dict[str, Any] | str | Path,
+        *,
+        code: str | Path | None = None,
+        bundle: str | None = None,
+    ) -> dict[str, Any]:
+        """What a job spec would read, its estimated run time and core-hours, and whether
+        your quota lets it start; checked as :meth:`submit` checks it, and not queued."""
+        return self._json(  # type: ignore[no-any-return]
+            "POST", "/v1/plans", json=self._spec_body(spec, code, bundle)
+        )
+
+    def _spec_body(
+        self, spec: dict[str, Any] | str | Path, code: str | Path | None, bundle: str | None
+    ) -> dict[str, Any]:
+        """The body of a submit or a plan: the spec (a file read here) and its code."""
         if code is not None and bundle is not None:
             raise errors.InvalidInput("give either a code folder or a bundle id, not both")
         if isinstance(spec, Path) or (
@@ -289,9 +310,7 @@ class Client:
             except OSError as exc:
                 raise errors.InvalidInput(f"cannot read job spec {path}: {exc.strerror}") from None
         bundle_id = self.upload_code(code) if code is not None else bundle
-        return self._json(  # type: ignore[no-any-return]
-            "POST", "/v1/jobs", json={"spec": spec, "code_bundle": bundle_id}
-        )
+        return {"spec": spec, "code_bundle": bundle_id}
 
     def job(self, job_id: str) -> dict[str, Any]:
         """A job's current record."""

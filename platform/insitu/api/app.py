@@ -20,7 +20,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from insitu import __version__
 from insitu.api.changes import JobChanges
 from insitu.api.limits import BodyLimit
-from insitu.api.routes import audit, bundles, courses, datasets, health, jobs, url_roots, users
+from insitu.api.routes import (
+    audit,
+    bundles,
+    courses,
+    datasets,
+    health,
+    jobs,
+    plans,
+    url_roots,
+    users,
+)
 from insitu.api.schemas import ERROR_RESPONSES
 from insitu.backends import Backend, make_backend
 from insitu.config import Settings
@@ -194,7 +204,7 @@ def create_app(
         BodyLimit, max_bytes=settings.limits.max_request_bytes, exempt=("/v1/bundles",)
     )
     app.include_router(health.router, responses=ERROR_RESPONSES)
-    routers = (jobs, datasets, url_roots, bundles, users, audit, courses)
+    routers = (jobs, plans, datasets, url_roots, bundles, users, audit, courses)
     for module in routers:
         app.include_router(module.router, prefix="/v1", responses=ERROR_RESPONSES)
     return app

@@ -17,6 +17,25 @@ JobArg = Annotated[
     str, typer.Argument(help="The job id, e.g. j-1a2b3c4d5e6f.", metavar="JOB", show_default=False)
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+SpecArg = Annotated[
+    Path,
+    typer.Argument(
+        help="The job spec (YAML or JSON).",
+        metavar="SPEC",
+        exists=True,
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+CodeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--code",
+        help="A folder of your analysis code to upload with the job.",
+        exists=True,
+        file_okay=False,
+    ),
+]
 
 
 def finish(job: dict[str, Any], *, as_json: bool) -> None:
@@ -34,32 +53,24 @@ def finish(job: dict[str, Any], *, as_json: bool) -> None:
 
 
 def submit(
-    spec: Annotated[
-        Path,
-        typer.Argument(
-            help="The job spec (YAML or JSON).",
-            metavar="SPEC",
-            exists=True,
-            dir_okay=False,
-            show_default=False,
-        ),
-    ],
-    code: Annotated[
-        Path | None,
-        typer.Option(
-            "--code",
-            help="A folder of your analysis code to upload with the job.",
-            exists=True,
-            file_okay=False,
-        ),
-    ] = None,
+    spec: SpecArg,
+    code: CodeOpt = None,
     wait: Annotated[
         bool,
         typer.Option("--wait", help="Show progress until the job ends; exit 1 unless it succeeds."),
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Only show the job's plan (as 'insitu plan'); submit nothing."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Submit a job spec, optionally with a folder of code."""
+    if dry_run:
+        plan(spec, code=code, as_json=as_json)
+        return
     with connect() as client:
         job = client.submit(spec, code=code)
         if wait:
@@ -84,6 +95,23 @@ def submit(
         f"[{output.selection_text(job)}], {job['state']}"
     )
     out.print(f"follow it with: insitu status {job['id']}  or  insitu logs {job['id']} --follow")
+
+
+def plan(
+    spec: SpecArg,
+    code: CodeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What a job would read, how long it should take and whether your quota lets it start:
+    checked as a submit is, and nothing submitted."""
+    with connect() as client:
+        planned = client.plan(spec, code=code)
+    if as_json:
+        output.print_json(planned)
+        return
+    output.stdout().print(output.plan_table(planned))
+    if planned["quota"]["verdict"] == "refused":
+        raise fail(planned["quota"]["reason"] or "your quota refuses this job")
 
 
 def status(job_id: JobArg, as_json: JsonOpt = False) -> None:

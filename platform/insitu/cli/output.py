@@ -222,6 +222,41 @@ def job_table(job: dict[str, Any]) -> Table:
     return table
 
 
+def plan_table(plan: dict[str, Any]) -> Table:
+    """A job's plan, as field/value rows: what it reads, its estimate, the quota's say."""
+    table = Table(box=None, show_header=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    read, estimate, quota = plan["read"], plan["estimate"], plan["quota"]
+    selection = ", ".join(f"{axis} {a}:{b}" for axis, (a, b) in read["selection"].items())
+    stored = read["stored_bytes_estimate"]
+    verdict_style = {"starts": "green", "waits": "yellow", "refused": "red"}[quota["verdict"]]
+    image = f" in {plan['image']}" if plan["image"] else ""
+    shard = f", shard {read['shards']}" if read["shards"] else ""
+    rows: list[tuple[str, str | Text]] = [
+        ("job", f"{plan['name']}: {plan['entrypoint']}{image}"),
+        ("dataset", f"{read['dataset']} array {read['array']!r} {read['shape']} {read['dtype']}"),
+        ("selection", selection),
+        ("chunks", f"{read['chunks_touched']:,} of {read['chunks_total']:,} "
+                   f"(chunk {read['chunks']}{shard})"),
+        ("reads", f"{format_size(read['bytes_touched'])} decoded"
+                  + (f", about {format_size(stored)} stored" if stored is not None else "")),
+        ("selected", format_size(read["bytes_selected"])),
+        ("resources", f"{plan['workers']} worker(s) x {plan['threads_per_worker']} thread(s), "
+                      f"{format_size(plan['memory_per_worker'])} each"),
+        ("estimate", f"about {format_duration(estimate['run_seconds'])} and "
+                     f"{estimate['core_hours']:.3g} core-hours ({estimate['basis']})"),
+        ("quota", Text(f"{quota['verdict']}" + (f": {quota['reason']}" if quota["reason"] else "")
+                       + f" (quota {quota['quota']}, {quota['core_hours_used']:g} core-hours used)",
+                       style=verdict_style)),
+        ("result cap", format_size(plan["result_cap_bytes"])),
+    ]  # fmt: skip
+    rows += [("warning", Text(w, style="yellow")) for w in plan["warnings"]]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
 def _with_source(value: str, job: dict[str, Any], field: str) -> str:
     source = job.get(f"{field}_source")
     return f"{value} ({source})" if source else value

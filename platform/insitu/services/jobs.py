@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session
 from insitu import __version__, objectstore
 from insitu.backends.base import Backend
 from insitu.blocks import plan_for_spec
-from insitu.catalog import resolve_selection
+from insitu.catalog import ArrayInfo, resolve_selection
 from insitu.config import Settings
 from insitu.db import queries
-from insitu.db.models import Job, User
+from insitu.db.models import Dataset, Job, User
 from insitu.errors import Conflict, InvalidInput, LimitReached, NotFound, PermissionDenied
 from insitu.runtime.workspace import CODE_FILE, JOB_FILE, JobInput
 from insitu.services import access, quotas
@@ -102,6 +102,30 @@ def check_local_trust(spec: JobSpec, settings: Settings, owner: User, has_code: 
         )
 
 
+def check_target(
+    session: Session,
+    settings: Settings,
+    owner: User,
+    spec: JobSpec,
+    code_bundle: str | None = None,
+    backend: Backend | None = None,
+) -> tuple[Dataset, ArrayInfo, list[tuple[int, int]]]:
+    """What a spec reads, checked: its dataset (``owner`` may read it), array and selection;
+    its code, image and resources (this backend can run them)."""
+    dataset = queries.dataset_by_name(session, spec.dataset)
+    access.require_read(session, owner, dataset)
+    check_local_trust(spec, settings, owner, code_bundle is not None)
+    info = info_of(dataset)
+    array = info.array(spec.array, dataset=f"dataset {dataset.name!r}")
+    ranges = resolve_selection(array, spec.select, dataset=f"dataset {dataset.name!r}")
+    if code_bundle is not None:
+        BundleStore(settings).require(session, owner, code_bundle)
+    if backend is not None:
+        backend.check_image(spec.analysis.image)
+        backend.check_resources(spec.resources)
+    return dataset, array, [(int(a), int(b)) for a, b in ranges]
+
+
 def submit(
     session: Session,
     settings: Settings,
@@ -118,17 +142,7 @@ def submit(
     if quotas.quota_of(owner).core_hours is not None:  # the one part of usage a submit checks
         usage.core_seconds = queries.core_seconds_of(session, owner.id)
     quotas.check_submit(owner, spec.resources.workers, usage)
-    dataset = queries.dataset_by_name(session, spec.dataset)
-    access.require_read(session, owner, dataset)
-    check_local_trust(spec, settings, owner, code_bundle is not None)
-    info = info_of(dataset)
-    array = info.array(spec.array, dataset=f"dataset {dataset.name!r}")
-    ranges = resolve_selection(array, spec.select, dataset=f"dataset {dataset.name!r}")
-    if code_bundle is not None:
-        BundleStore(settings).require(session, owner, code_bundle)
-    if backend is not None:
-        backend.check_image(spec.analysis.image)
-        backend.check_resources(spec.resources)
+    dataset, array, ranges = check_target(session, settings, owner, spec, code_bundle, backend)
 
     job_id = new_job_id()
     workspace_url = f"{settings.resolved_workspace_url}/{job_id}"
