@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -40,6 +41,7 @@ from insitu.db.models import User
 from insitu.dispatcher import Dispatcher
 from insitu.errors import AuthenticationFailed, InsituError, PermissionDenied
 from insitu.services.auth import bootstrap_admin
+from insitu.web import pages
 
 log = logging.getLogger("insitu.api")
 _HTTP_CODES = {
@@ -131,12 +133,18 @@ def create_app(
     app.state.changes = JobChanges()
 
     @app.exception_handler(InsituError)
-    async def insitu_error(request: Request, exc: InsituError) -> JSONResponse:
+    async def insitu_error(request: Request, exc: InsituError) -> Response:
         if isinstance(exc, (PermissionDenied, AuthenticationFailed)):
             await asyncio.to_thread(_audit_denial, database, request, exc)
+        if request.url.path.startswith("/ui/"):  # a page: the error as a page
+            return pages.error_page(request, exc)
         return JSONResponse(
             status_code=exc.status_code, content={"detail": exc.message, "error": exc.code}
         )
+
+    @app.exception_handler(pages.SignIn)
+    async def sign_in(_: Request, exc: pages.SignIn) -> Response:
+        return pages.sign_in_redirect(exc)
 
     @app.exception_handler(SQLAlchemyTimeout)
     async def database_busy(_: Request, exc: SQLAlchemyTimeout) -> JSONResponse:
@@ -207,4 +215,11 @@ def create_app(
     routers = (jobs, plans, datasets, url_roots, bundles, users, audit, courses)
     for module in routers:
         app.include_router(module.router, prefix="/v1", responses=ERROR_RESPONSES)
+    app.include_router(pages.router)
+    app.mount("/ui/static", StaticFiles(directory=pages.HERE / "static"), name="ui-static")
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/ui/jobs", status_code=303)
+
     return app

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from insitu.config import Settings
 from insitu.db.models import User
+from insitu.errors import PermissionDenied
 from insitu.services import auth
 
 _bearer = HTTPBearer(auto_error=False, description="An insitu API token.")
@@ -52,12 +53,38 @@ def authenticate(request: Request, session: Session, token: str | None) -> User:
     return user
 
 
+SESSION_COOKIE = "insitu_token"  # the web UI's sign-in: the user's API token, HttpOnly
+UI_HEADER = "X-Insitu-UI"  # the web UI's own scripts send it with every change they ask
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def token_of(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    """The caller's token: the Authorization header, else the web UI's session cookie.
+
+    A change asked for with the cookie alone must carry the UI's header, which a page of
+    another site cannot send (no CORS here), and the cookie is SameSite=Strict as well.
+    """
+    if credentials is not None:
+        return credentials.credentials
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if (
+        cookie
+        and request.method not in SAFE_METHODS
+        and UI_HEADER.lower() not in {k.lower() for k in request.headers}
+    ):
+        raise PermissionDenied(
+            "a change asked with the web UI's cookie must come from the web UI itself; "
+            "scripts send their token in the Authorization header"
+        )
+    return cookie
+
+
 def get_current_user(
     request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
-    return authenticate(request, session, credentials.credentials if credentials else None)
+    return authenticate(request, session, token_of(request, credentials))
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
@@ -101,7 +128,7 @@ async def get_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    return Caller(request, credentials.credentials if credentials else None)
+    return Caller(request, token_of(request, credentials))
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

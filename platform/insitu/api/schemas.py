@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from insitu.catalog import ArrayInfo
 from insitu.db.models import AuditEvent, Course, Dataset, Job, JobEvent, UrlRoot, User
@@ -324,6 +324,12 @@ class CourseCreate(BaseModel):
         None, description="e.g. 'jobs=2,workers=2,core-hours=20,result-bytes=256MiB'."
     )
     expires: datetime | None = Field(None, description="When their access ends (UTC).")
+
+    @field_validator("expires")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        """A date or time without a zone is in UTC, as the description says."""
+        return value.replace(tzinfo=timezone.utc) if value and value.tzinfo is None else value
 
 
 class ParticipantsAdd(BaseModel):

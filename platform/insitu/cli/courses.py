@@ -88,6 +88,8 @@ def write_credentials(
             f"export INSITU_TOKEN={person['token']}\n"
             f"# A first command to try:  {first}\n"
             "# Then submit a job:        insitu submit my-job.yaml --wait\n"
+            f"# Or sign in to the web pages with this link (it holds your token):\n"
+            f"#   {url.rstrip('/')}/ui/login#token={person['token']}\n"
         )
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle:

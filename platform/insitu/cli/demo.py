@@ -293,3 +293,8 @@ def _goodbye(
         f"To look at these jobs again: 'INSITU_HOME={server_home} insitu server' in one "
         f"terminal, then 'INSITU_HOME={server_home} insitu list' in another."
     )
+    jobs_url = f"{Settings(home=server_home).url.rstrip('/')}/ui/jobs"
+    console.print(
+        f"the demo's jobs in the web UI (with that server running): {jobs_url} "
+        f"(sign in with the token in {server_home / 'admin-token'})"
+    )

@@ -187,6 +187,21 @@ def list_audit(
     return rows, count
 
 
+def audit_of_datasets(
+    session: Session, names: Sequence[str], limit: int = 100
+) -> Sequence[AuditEvent]:
+    """Audit events about these datasets and the jobs run on them, newest first."""
+    if not names:
+        return []
+    job_ids = (
+        select(Job.id).join(Dataset, Job.dataset_id == Dataset.id).where(Dataset.name.in_(names))
+    )
+    about = or_(AuditEvent.target.in_(names), AuditEvent.target.in_(job_ids))
+    return session.scalars(
+        select(AuditEvent).where(about).order_by(AuditEvent.id.desc()).limit(limit)
+    ).all()
+
+
 def dataset_by_name(session: Session, name: str) -> Dataset:
     """A dataset by its catalog name, or :class:`NotFound` with a hint."""
     dataset = session.scalar(select(Dataset).where(Dataset.name == name))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -253,3 +253,23 @@ def close(session: Session, by: User, name: str) -> tuple[Course, int, int]:
     )
     session.commit()
     return course, revoked, cancelled
+
+
+def extend(session: Session, by: User, name: str, by_how_much: timedelta) -> Course:
+    """Move a course's end (and its participants' access) later (commits).
+
+    A course without an end gets one ``by_how_much`` from now; a closed course stays closed.
+    """
+    course = course_named(session, name)
+    _require_manager(by, course, f"extend {name!r}")
+    if course.closed_at is not None:
+        raise Conflict(f"course {name!r} was closed; participants' tokens are revoked")
+    now = utcnow()
+    course.expires_at = max(course.expires_at or now, now) + by_how_much
+    for person in participants(session, course):
+        person.expires_at = course.expires_at
+    queries.add_audit(
+        session, by, "course.extend", name, detail=f"ends {course.expires_at:%Y-%m-%d %H:%M} UTC"
+    )
+    session.commit()
+    return course

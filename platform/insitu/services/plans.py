@@ -39,7 +39,8 @@ DEFAULT_STARTUP_S = 5.0
 
 @dataclass(frozen=True)
 class Rates:
-    """How fast jobs ran here: stored bytes per core-second, start-up, and how known."""
+    """How fast jobs ran here: stored bytes per core-second, the time a job takes beyond
+    its reading (queue, start, wind-down), and how known."""
 
     bytes_per_core_s: float
     startup_s: float
@@ -109,8 +110,10 @@ def measured_rates(session: Session, dataset_id: int) -> Rates:
         Job.dataset_id,
         Job.bytes_scanned,
         Job.core_seconds,
+        Job.cores,
         Job.created_at,
         Job.started_at,
+        Job.finished_at,
         Job.accounting,
     ).where(Job.state == JobState.SUCCEEDED.value, Job.core_seconds > 0, Job.bytes_scanned > 0)
     rows = session.execute(recent.order_by(Job.finished_at.desc()).limit(RECENT_JOBS)).all()
@@ -120,8 +123,13 @@ def measured_rates(session: Session, dataset_id: int) -> Rates:
         return Rates(DEFAULT_BYTES_PER_CORE_S, DEFAULT_STARTUP_S, None, 0,
                      "a guess: no job has succeeded here yet")  # fmt: skip
     rate = statistics.median(r.bytes_scanned / r.core_seconds for r in used)
+    # Until the job runs (queue, cluster start), and what a run costs beyond its reading
+    # (the runner's start, imports, writing results): its wall time less its cores' work.
     starts = [
-        (r.started_at - r.created_at).total_seconds() for r in used if r.started_at is not None
+        (r.started_at - r.created_at).total_seconds()
+        + max((r.finished_at - r.started_at).total_seconds() - r.core_seconds / max(r.cores, 1), 0)
+        for r in used
+        if r.started_at is not None and r.finished_at is not None
     ]
     fractions = [
         r.bytes_scanned / bound
@@ -207,7 +215,7 @@ def plan_job(
         ),
         estimate=Estimate(
             run_seconds=round(run_seconds, 1),
-            core_hours=round(core_seconds / 3600, 4),
+            core_hours=round(core_seconds / 3600, 6),
             cores=res.cores,
             basis=rates.basis,
         ),
