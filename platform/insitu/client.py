@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -16,6 +17,9 @@ from insitu import errors
 from insitu.config import Settings
 from insitu.runtime import bundle
 from insitu.states import JobState
+
+if TYPE_CHECKING:
+    from insitu.notebook import RunResult
 
 LONG_POLL_S = 20.0  # how long one question about a job may wait on the server for a change
 _ERRORS: dict[int, type[errors.InsituError]] = {
@@ -411,6 +415,80 @@ class Client:
                 raise TimeoutError(f"job {job_id} is still {state} after {timeout} s")
             if etag is None:
                 time.sleep(poll)
+
+    def run(
+        self,
+        function: Callable[..., Any],
+        dataset: str,
+        *,
+        select: dict[str, Any] | None = None,
+        array: str | None = None,
+        params: dict[str, Any] | None = None,
+        workers: int = 1,
+        threads_per_worker: int | None = None,
+        memory_per_worker: str | int | None = None,
+        image: str | None = None,
+        timeout: float | None = None,
+        progress: bool = True,
+    ) -> RunResult:
+        """Run ``function(data, *, context, **params)`` on ``dataset`` next to the data, and
+        return its results as Python values (NumPy arrays, DataFrames, JSON values, PNG
+        bytes), shown with pictures in Jupyter.
+
+        The function is sent with its code (:func:`insitu.notebook.package`): its module's
+        file, or, defined in a notebook, its source, the notebook functions it calls and the
+        modules it imports; anything else is refused, saying what to pass in ``params``.
+        Shows the job's progress (live in Jupyter); raises :class:`AnalysisFailed` with the
+        job's error unless it succeeds.
+        """
+        import tempfile
+
+        from insitu.notebook import RunResult, package
+
+        resources: dict[str, Any] = {"workers": workers}
+        if threads_per_worker is not None:
+            resources["threads_per_worker"] = threads_per_worker
+        if memory_per_worker is not None:
+            resources["memory_per_worker"] = memory_per_worker
+        with tempfile.TemporaryDirectory(prefix="insitu-run-") as folder:
+            entrypoint = package(function, Path(folder))
+            analysis: dict[str, Any] = {"entrypoint": entrypoint, "params": params or {}}
+            if image is not None:
+                analysis["image"] = image
+            name = re.sub(r"[^a-z0-9._-]+", "-", function.__name__.lower()).strip("-._")
+            spec: dict[str, Any] = {"dataset": dataset, "analysis": analysis,
+                                    "resources": resources, "name": name[:63] or "run"}  # fmt: skip
+            if select is not None:
+                spec["select"] = select
+            if array is not None:
+                spec["array"] = array
+            job = self.submit(spec, code=folder)
+        job = self._follow(job, timeout=timeout, progress=progress)
+        if job["state"] != JobState.SUCCEEDED.value:
+            raise errors.AnalysisFailed(
+                f"job {job['id']} {job['state']}: {job.get('error') or job.get('reason')}"
+            )
+        values = {r["key"]: self.result(job["id"], r["key"]) for r in job["results"]}
+        return RunResult(job, values)
+
+    def _follow(
+        self, job: dict[str, Any], *, timeout: float | None, progress: bool
+    ) -> dict[str, Any]:
+        """Wait for ``job`` to end, showing its progress: HTML in Jupyter, else a bar."""
+        from insitu.notebook import in_jupyter, progress_html
+
+        if not progress:
+            return self.wait(job["id"], timeout=timeout)
+        if in_jupyter():
+            from IPython.display import HTML, display
+
+            shown = display(HTML(progress_html(job)), display_id=True)
+            return self.wait(
+                job["id"], timeout=timeout, on_update=lambda j: shown.update(HTML(progress_html(j)))
+            )
+        from insitu.cli import output
+
+        return output.watch(self, [job["id"]])[0]
 
     def results(self, job_id: str) -> list[dict[str, Any]]:
         """The result files of a succeeded job."""
