@@ -128,8 +128,11 @@ def test_signing_in_with_a_token_and_with_a_credentials_link(
     link = next(line for line in written.read_text().splitlines() if "/ui/login#token=" in line)
     other = browser.new_context().new_page()
     other.goto(link.lstrip("# ").strip())
+    assert "#token" not in other.url  # the token is filled in, and gone from the address
+    assert other.get_by_text("Your sign-in link filled in a token").is_visible()
+    assert other.get_by_label("API token").input_value() == token
+    other.get_by_role("button", name="Sign in").click()  # the person decides
     other.wait_for_url(re.compile(r"/ui/jobs$"))
-    assert "#token" not in other.url
     other.context.close()
 
 

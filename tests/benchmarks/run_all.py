@@ -29,6 +29,7 @@ import bench_large
 import bench_proximal
 import bench_readers
 import bench_scan
+import bench_web
 import common
 import matplotlib
 
@@ -49,6 +50,7 @@ BENCHMARKS: list[tuple[str, Any, list[str]]] = [
     ("course_load", bench_course_load, []),
     ("blocks", bench_blocks, []),
     ("dask_gateway_peer", bench_dask_gateway, []),
+    ("web_pages", bench_web, []),
 ]
 #: Recorded by their own make target (``make bench-large``), reported here.
 RECORDED_APART: list[tuple[str, Any]] = [("large", bench_large)]

@@ -190,13 +190,21 @@ def list_audit(
 def audit_of_datasets(
     session: Session, names: Sequence[str], limit: int = 100
 ) -> Sequence[AuditEvent]:
-    """Audit events about these datasets and the jobs run on them, newest first."""
+    """Audit events about these datasets, the jobs run on them and those jobs' results
+    (downloads and views), newest first."""
     if not names:
         return []
     job_ids = (
         select(Job.id).join(Dataset, Job.dataset_id == Dataset.id).where(Dataset.name.in_(names))
     )
-    about = or_(AuditEvent.target.in_(names), AuditEvent.target.in_(job_ids))
+    about = or_(
+        AuditEvent.action.like("dataset.%") & AuditEvent.target.in_(names),
+        AuditEvent.action.like("job.%") & AuditEvent.target.in_(job_ids),
+        (AuditEvent.action == "result.view") & AuditEvent.target.in_(job_ids),
+        # a download's target is JOB/FILE; job ids have one length ("j-" and 12 digits)
+        (AuditEvent.action == "result.download")
+        & func.substr(AuditEvent.target, 1, 14).in_(job_ids),
+    )
     return session.scalars(
         select(AuditEvent).where(about).order_by(AuditEvent.id.desc()).limit(limit)
     ).all()

@@ -78,9 +78,11 @@ def error_page(request: Request, exc: InsituError) -> Response:
 
 
 def _same_site(request: Request) -> None:
-    """Refuse a form posted from another site (its Origin or Referer names another host)."""
+    """Refuse a form posted from another site: its Origin (or Referer) must name this host,
+    as the request reached it or as the public URL (INSITU_URL, behind a proxy) says."""
     origin = request.headers.get("origin") or request.headers.get("referer")
-    if not origin or urlsplit(origin).netloc != request.url.netloc:
+    ours = {request.url.netloc, urlsplit(request.app.state.settings.url).netloc}
+    if not origin or urlsplit(origin).netloc not in ours:
         raise PermissionDenied("this form must be sent from insitu's own pages")
 
 
@@ -88,7 +90,8 @@ async def _as_user(request: Request, work: Callable[[Session, User], T]) -> T:
     """``work(session, user)`` for the signed-in user, on a worker thread."""
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
-        raise SignIn(str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""))
+        here = str(request.url.path) + (f"?{request.url.query}" if request.url.query else "")
+        raise SignIn(here if request.method == "GET" else "/ui/jobs")
 
     def run() -> T:
         with request.app.state.db.session() as session:
@@ -100,11 +103,14 @@ async def _as_user(request: Request, work: Callable[[Session, User], T]) -> T:
 def _page(request: Request, name: str, user: User, **context: Any) -> HTMLResponse:
     nav = [("Jobs", "/ui/jobs"), ("Plan a job", "/ui/plan"), ("Datasets", "/ui/datasets")]
     if user.role in (Role.INSTRUCTOR.value, Role.ADMIN.value):
-        nav.append(("Courses", "/ui/courses"))
-    nav.append(("Audit", "/ui/audit"))
-    return templates.TemplateResponse(
-        request, name, {"user": user, "nav": nav, "path": request.url.path, **context}
-    )
+        nav += [("Courses", "/ui/courses"), ("Audit", "/ui/audit")]
+    status_code = context.pop("status_code", 200)
+    page = templates.TemplateResponse(
+        request, name, {"user": user, "nav": nav, "path": request.url.path, **context},
+        status_code=status_code,
+    )  # fmt: skip
+    page.headers["Cache-Control"] = "no-store"  # private pages stay out of caches
+    return page
 
 
 # -- signing in -------------------------------------------------------------------------
@@ -142,7 +148,8 @@ async def login(request: Request, token: str = Form(...), next: str = Form("/ui/
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         SESSION_COOKIE, token.strip(), max_age=SESSION_DAYS * 86400, httponly=True,
-        samesite="strict", secure=request.url.scheme == "https", path="/",
+        samesite="strict", path="/",
+        secure="https" in (request.url.scheme, urlsplit(request.app.state.settings.url).scheme),
     )  # fmt: skip
     return response
 
@@ -172,37 +179,53 @@ async def jobs_page(request: Request, rows: bool = Query(False)) -> HTMLResponse
     return _page(request, name, user, jobs=found, active=active)
 
 
+def _result_bytes(request: Request, job: Any, record: dict[str, Any]) -> bytes | None:
+    """A result's bytes as the server counted them when the job ended (never more), or
+    None when it is too large to be opened for a page."""
+    size = int(record["size"])
+    if size > previews.VIEW_BYTES:
+        return None
+    workspace = objectstore.workspace(request.app.state.settings, job.workspace)
+    with workspace.open(f"{RESULTS_DIR}/{record['filename']}") as handle:
+        return bytes(handle.read(size))
+
+
 def _result_views(request: Request, job: Any) -> list[dict[str, Any]]:
-    """Each result with what shows it: a picture, an array's summary, a table's head."""
-    settings = request.app.state.settings
-    workspace = objectstore.workspace(settings, job.workspace)
+    """Each result with what shows it: a picture, an array's summary, a table's head, a
+    value; a result that cannot be shown (too large, unreadable) keeps its download link."""
     views = []
     for record in job.results:
+        filename = record["filename"]
         view: dict[str, Any] = {**record, "kind": "file"}
-        filename, size = record["filename"], int(record["size"])
-        url = f"/v1/jobs/{job.id}/results/{quote(filename)}"
-        view["url"] = url
-        if filename.endswith(".png"):
-            view["kind"] = "image"
-        elif filename.endswith(".npy") and size <= 64 << 20:
-            data = workspace.read_bytes(f"{RESULTS_DIR}/{filename}") or b""
-            summary = previews.summarize_array(data[:size])
-            view.update(kind="array", summary=summary)
-            if summary.thumbnail is not None:  # fetched (and audited) by its own route
-                view["thumbnail"] = f"/ui/jobs/{job.id}/thumbnails/{quote(filename)}"
-        elif filename.endswith(".json") and size <= 64 << 10:
-            data = workspace.read_bytes(f"{RESULTS_DIR}/{filename}") or b""
-            try:
-                text = json.dumps(json.loads(data[:size]), indent=2)
-            except ValueError:
-                text = data[:size].decode("utf-8", errors="replace")
-            view.update(kind="json", text=text)
-        elif filename.endswith(".parquet") and size <= 64 << 20:
-            data = workspace.read_bytes(f"{RESULTS_DIR}/{filename}") or b""
-            columns, head, count = previews.table_head(data[:size])
-            view.update(kind="table", columns=columns, head=head, rows=count)
+        view["url"] = f"/v1/jobs/{job.id}/results/{quote(filename)}"
+        try:
+            if filename.endswith(".png"):
+                view["kind"] = "image"
+            elif filename.endswith((".npy", ".parquet", ".json")):
+                data = _result_bytes(request, job, record)
+                if data is None:
+                    view["note"] = "too large to show here; download it"
+                elif filename.endswith(".npy"):
+                    summary = previews.summarize_array(data)
+                    view.update(kind="array", summary=summary)
+                    if summary.thumbnail is not None:  # fetched by its own route
+                        view["thumbnail"] = f"/ui/jobs/{job.id}/thumbnails/{quote(filename)}"
+                elif filename.endswith(".parquet"):
+                    columns, head, count = previews.table_head(data)
+                    view.update(kind="table", columns=columns, head=head, rows=count)
+                else:
+                    view.update(kind="json", text=_pretty_json(data))
+        except Exception:  # a file the job wrote that is not what its name says
+            view.update(kind="file", note="cannot be shown here; download it")
         views.append(view)
     return views
+
+
+def _pretty_json(data: bytes) -> str:
+    try:
+        return json.dumps(json.loads(data), indent=2)[:20000]
+    except ValueError:
+        return data.decode("utf-8", errors="replace")[:20000]
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
@@ -213,10 +236,14 @@ async def job_page(request: Request, job_id: str, part: str | None = None) -> HT
         job = jobs.visible_job(session, user, job_id)
         context: dict[str, Any] = {"user": user, "job": JobPublic.of(job), "events": job.events}
         if part != "status":
-            context["results"] = (
-                _result_views(request, job) if job.state == JobState.SUCCEEDED.value else []
-            )
+            shown = _result_views(request, job) if job.state == JobState.SUCCEEDED.value else []
+            context["results"] = shown
             context["spec_yaml"] = yaml.safe_dump(job.spec, sort_keys=False)
+            if shown:  # results shown on a page have left the platform: audited as such
+                keys = ", ".join(v["key"] for v in shown if v["kind"] != "file")
+                if keys:
+                    queries.add_audit(session, user, "result.view", job.id, detail=keys)
+                    session.commit()
         return context
 
     context = await _as_user(request, work)
@@ -235,9 +262,13 @@ async def thumbnail(request: Request, job_id: str, filename: str) -> Response:
         record = jobs.result_file(job, filename)
         if not filename.endswith(".npy"):
             raise InvalidInput(f"{filename} is not an array result")
-        workspace = objectstore.workspace(request.app.state.settings, job.workspace)
-        data = (workspace.read_bytes(f"{RESULTS_DIR}/{filename}") or b"")[: int(record["size"])]
-        image = previews.summarize_array(data).thumbnail
+        data = _result_bytes(request, job, record)
+        if data is None:
+            raise InvalidInput(f"{filename} is too large for a thumbnail; download it")
+        try:
+            image = previews.summarize_array(data).thumbnail
+        except ValueError:
+            raise InvalidInput(f"{filename} is not a readable array; download it") from None
         if image is None:
             raise InvalidInput(f"{filename} is not a 2-D array")
         jobs.record_download(session, user, job, {**record, "size": len(image)}, presigned=False)
@@ -245,9 +276,7 @@ async def thumbnail(request: Request, job_id: str, filename: str) -> Response:
         return image
 
     image = await _as_user(request, work)
-    return Response(
-        image, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
-    )
+    return Response(image, media_type="image/png", headers=PRIVATE_CACHE)
 
 
 @router.post("/jobs/{job_id}/cancel")
@@ -259,16 +288,6 @@ async def cancel(request: Request, job_id: str) -> RedirectResponse:
 
 
 # -- plan, then submit --------------------------------------------------------------------
-
-
-def _spec_of(text: str) -> dict[str, Any]:
-    try:
-        spec = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"the spec is not valid YAML: {exc}") from None
-    if not isinstance(spec, dict):
-        raise InvalidInput("the spec must be a YAML mapping (dataset:, analysis:, ...)")
-    return spec
 
 
 @router.get("/plan", response_class=HTMLResponse)
@@ -289,16 +308,16 @@ async def plan(request: Request, spec_text: str = Form(""), action: str = Form("
     settings, backend = request.app.state.settings, request.app.state.backend
 
     def work(session: Session, user: User) -> tuple[User, Any, str | None]:
-        try:
-            spec = _spec_of(spec_text)
+        try:  # the text as the API takes it: parsed with the spec's own limits
             if action == "submit":
-                job = jobs.submit(session, settings, user, spec, backend=backend)
+                job = jobs.submit(session, settings, user, spec_text, backend=backend)
                 return user, job.id, None
-            return user, plan_job(session, settings, user, spec, backend=backend), None
+            return user, plan_job(session, settings, user, spec_text, backend=backend), None
         except InsituError as exc:
             if isinstance(exc, AuthenticationFailed):
                 raise
             session.rollback()
+            session.refresh(user)  # still shown as signed in on the page
             return user, None, exc.message
 
     user, outcome, error = await _as_user(request, work)
@@ -330,9 +349,7 @@ async def dataset_preview(request: Request, name: str, array: str | None = None)
         return previews.dataset_preview(request.app.state.settings, dataset, path)
 
     image = await _as_user(request, work)
-    return Response(
-        image, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
-    )
+    return Response(image, media_type="image/png", headers=PRIVATE_CACHE)
 
 
 @router.get("/datasets/{name:path}", response_class=HTMLResponse)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,9 @@ from insitu.storage import open_store
 
 PREVIEW_PX = 256  # longest side of a preview
 TABLE_ROWS = 10  # rows of a table result shown
+TABLE_COLUMNS = 12  # ... and columns
+VIEW_BYTES = 16 << 20  # a result larger than this is not opened to be shown (only linked)
+PREVIEW_READ_BYTES = 256 << 20  # most decoded bytes a dataset's preview may read
 
 
 def preview_array(info: DatasetInfo, path: str) -> ArrayInfo:
@@ -44,14 +48,31 @@ def preview_array(info: DatasetInfo, path: str) -> ArrayInfo:
     return max(levels, key=lambda a: a.level or 0, default=chosen)
 
 
-def middle_plane(array: ArrayInfo) -> tuple[tuple[slice | int, ...], tuple[int, int]]:
-    """The selection of the middle y-x plane (every other axis at its middle), strided to
-    at most PREVIEW_PX a side; and the full plane's height and width."""
-    height, width = (array.shape[-2], array.shape[-1]) if len(array.shape) >= 2 else (1, 1)
+def middle_plane(array: ArrayInfo) -> tuple[slice | int, ...]:
+    """The selection of the middle plane of the last two axes (every other axis at its
+    middle), strided to at most PREVIEW_PX a side; refused when there is no plane, or when
+    reading it would decode more than PREVIEW_READ_BYTES (a volume with no pyramid)."""
+    if len(array.shape) < 2 or min(array.shape[-2:]) == 0:
+        raise InvalidInput("an array with fewer than two non-empty axes has no picture")
+    height, width = array.shape[-2], array.shape[-1]
     step = max(1, math.ceil(max(height, width) / PREVIEW_PX))
+    # A strided plane touches every chunk its sampled rows and columns fall in.
+    touched = 1
+    for n, chunk in ((height, array.chunks[-2]), (width, array.chunks[-1])):
+        touched *= len({i // chunk for i in range(0, n, step)})
+    chunk_bytes = math.prod(array.chunks) * np.dtype(array.dtype).itemsize
+    if touched * chunk_bytes > PREVIEW_READ_BYTES:
+        raise InvalidInput(
+            f"a preview of {array.path or 'the array'} would read "
+            f"{touched * chunk_bytes / 2**30:.1f} GiB: register the dataset with a multiscale "
+            "pyramid (OME-Zarr levels), whose coarsest level is previewed"
+        )
     index: list[slice | int] = [n // 2 for n in array.shape[:-2]]
-    index += [slice(None, None, step)] * min(2, len(array.shape))
-    return tuple(index), (height, width)
+    return (*index, slice(None, None, step), slice(None, None, step))
+
+
+_computing: dict[str, threading.Lock] = {}  # one computation of a preview at a time
+_computing_lock = threading.Lock()
 
 
 def _image(plane: np.ndarray) -> bytes:
@@ -68,6 +89,23 @@ def dataset_preview(settings: Settings, dataset: Dataset, path: str) -> bytes:
     cached = kept.read_bytes(f"{key}.png")
     if cached is not None:
         return cached
+    index = middle_plane(array)  # refused before anything is read
+    with _computing_lock:
+        lock = _computing.setdefault(key, threading.Lock())
+    with lock:  # others asking meanwhile wait for this one, then find it kept
+        cached = kept.read_bytes(f"{key}.png")
+        if cached is not None:
+            return cached
+        image = _compute_preview(settings, dataset, array, index)
+        kept.write_bytes(f"{key}.png", image)
+    with _computing_lock:
+        _computing.pop(key, None)
+    return image
+
+
+def _compute_preview(
+    settings: Settings, dataset: Dataset, array: ArrayInfo, index: tuple[slice | int, ...]
+) -> bytes:
     import zarr
 
     options = objectstore.platform_options(settings, dataset.url)
@@ -75,11 +113,7 @@ def dataset_preview(settings: Settings, dataset: Dataset, path: str) -> bytes:
     data = node if isinstance(node, zarr.Array) else node[array.path]
     if not isinstance(data, zarr.Array):
         raise InvalidInput(f"{array.path!r} of {dataset.name} is a group, not an array")
-    index, _ = middle_plane(array)
-    plane = np.asarray(data[index])
-    image = _image(plane if plane.ndim == 2 else np.atleast_2d(plane))
-    kept.write_bytes(f"{key}.png", image)
-    return image
+    return _image(np.asarray(data[index]))
 
 
 @dataclass(frozen=True)
@@ -112,10 +146,13 @@ def summarize_array(data: bytes) -> ArraySummary:
 
 
 def table_head(data: bytes) -> tuple[list[str], list[list[Any]], int]:
-    """The columns, first rows and row count of a ``.parquet`` result."""
+    """The first columns and rows, and the row count, of a ``.parquet`` result: only the
+    first batch is decoded (a small file may hold a huge table)."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(io.BytesIO(data))
-    head = table.slice(0, TABLE_ROWS).to_pylist()
-    columns = list(table.column_names)
-    return columns, [[row[c] for c in columns] for row in head], table.num_rows
+    table = pq.ParquetFile(io.BytesIO(data))
+    columns = list(table.schema_arrow.names)[:TABLE_COLUMNS]
+    batch = next(table.iter_batches(batch_size=TABLE_ROWS, columns=columns), None)
+    head = batch.to_pylist() if batch is not None else []
+    rows = [[str(row[c])[:200] for c in columns] for row in head[:TABLE_ROWS]]
+    return columns, rows, table.metadata.num_rows

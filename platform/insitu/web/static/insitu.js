@@ -5,6 +5,10 @@ const UI_HEADER = {"X-Insitu-UI": "1"};
 
 async function fetchText(url) {
   const answer = await fetch(url, {credentials: "same-origin", headers: UI_HEADER});
+  if (answer.redirected && new URL(answer.url).pathname === "/ui/login") {
+    location.reload();  // signed out meanwhile: the page itself goes to the sign-in page
+    throw new Error("signed out");
+  }
   if (!answer.ok) throw new Error(`${url}: ${answer.status}`);
   return answer.text();
 }
@@ -78,12 +82,14 @@ document.addEventListener("DOMContentLoaded", () => {
       if (file) document.getElementById(input.dataset.into).value = await file.text();
     });
   });
-  // The link in a credentials file: /ui/login#token=... signs in (the token never reaches
-  // the server's logs: a fragment is not sent).
+  // The link in a credentials file: /ui/login#token=... fills in the token (a fragment is
+  // never sent, so it reaches no log). The person still presses Sign in: a link from
+  // someone else must not sign them in silently as that someone.
   const login = document.getElementById("login-form");
   if (login && location.hash.startsWith("#token=")) {
     document.getElementById("token").value = decodeURIComponent(location.hash.slice(7));
     history.replaceState(null, "", location.pathname + location.search);
-    login.submit();
+    document.getElementById("from-link").hidden = false;
+    login.querySelector("button[type=submit]").focus();
   }
 });
