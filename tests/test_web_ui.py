@@ -207,6 +207,7 @@ def test_an_instructor_extends_a_course_and_an_admin_reads_the_audit(
     page.get_by_role("link", name="Courses").click()
     course = page.get_by_role("region", name="neuro-101")
     assert "ends 2027-01-01" in course.inner_text() and "ada" in course.inner_text()
+    assert "quota jobs=1;" in course.inner_text()
     _look(page, "courses")
     course.get_by_label("Extend by (days)").fill("10")
     course.get_by_role("button", name="Extend").click()

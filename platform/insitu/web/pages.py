@@ -33,6 +33,7 @@ from insitu.runtime.workspace import RESULTS_DIR
 from insitu.services import access, courses, datasets, jobs
 from insitu.services.auth import Role
 from insitu.services.plans import plan_job
+from insitu.services.quotas import parse_quota
 from insitu.states import JobState
 from insitu.units import format_duration, format_size
 from insitu.web import previews
@@ -42,6 +43,7 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["size"] = lambda n: format_size(n) if n is not None else "-"
 templates.env.filters["duration"] = lambda s: format_duration(s) if s is not None else "-"
+templates.env.filters["quota"] = lambda q: parse_quota(q).describe()
 templates.env.filters["when"] = lambda t: t.strftime("%Y-%m-%d %H:%M:%S UTC") if t else "-"
 T = TypeVar("T")
 SESSION_DAYS = 14  # a sign-in lasts this long (the token itself may end sooner)
