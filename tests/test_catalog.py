@@ -148,3 +148,26 @@ def test_chunk_boundaries_align_with_store_chunks(start: int, stop: int, chunk: 
     for left, right in itertools.pairwise(edges):
         assert left // chunk == (right - 1) // chunk  # a block never crosses a chunk edge
     assert len(sizes) == (stop - 1) // chunk - start // chunk + 1
+
+
+def test_registration_lists_what_each_array_takes_in_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from insitu import catalog
+
+    root = zarr.open_group(tmp_path / "two.zarr", mode="w")
+    root.create_array("big", shape=(64, 64), chunks=(16, 16), dtype="float64")[:] = np.random.rand(
+        64, 64
+    )
+    root.create_array("small", shape=(8,), chunks=(8,), dtype="uint8")[:] = 1
+    info = catalog.inspect_store(str(tmp_path / "two.zarr"))
+    on_disk = {
+        name: sum(
+            f.stat().st_size for f in (tmp_path / "two.zarr" / name).rglob("*") if f.is_file()
+        )
+        for name in ("big", "small")
+    }
+    assert info.stored_bytes == on_disk and on_disk["big"] > on_disk["small"] > 0
+    # A store of more objects than registration lists (a PB volume) is not listed.
+    monkeypatch.setattr(catalog, "MAX_LISTED_OBJECTS", 10)
+    assert catalog.inspect_store(str(tmp_path / "two.zarr")).stored_bytes is None

@@ -24,6 +24,7 @@ from insitu.cli.courses import write_credentials
 from insitu.client import Client
 from insitu.config import Settings
 from insitu.server import BackgroundServer
+from insitu.units import format_size
 
 pytestmark = pytest.mark.timeout(180)
 CHROMIUM = os.environ.get("INSITU_CHROMIUM", "/usr/bin/chromium")
@@ -137,7 +138,7 @@ def test_signing_in_with_a_token_and_with_a_credentials_link(
 
 
 def test_browsing_a_dataset_shows_its_arrays_and_a_preview(
-    site: tuple[str, str, Client], page: Any
+    site: tuple[str, str, Client], page: Any, movie: tuple[Path, np.ndarray]
 ) -> None:
     url, token, _ = site
     _sign_in(page, url, token)
@@ -145,6 +146,9 @@ def test_browsing_a_dataset_shows_its_arrays_and_a_preview(
     page.get_by_role("link", name=DATASET).click()
     page.wait_for_url(re.compile(rf"/ui/datasets/{DATASET}$"))
     assert page.get_by_role("cell", name="90 x 37 x 29").is_visible()
+    stored = sum(f.stat().st_size for f in movie[0].rglob("*") if f.is_file())
+    row = page.get_by_role("row").filter(has_text="90 x 37 x 29").inner_text()
+    assert format_size(stored) in row  # the store's own bytes, listed at registration
     preview = page.get_by_role("img", name=re.compile("middle plane"))
     preview.wait_for()
     page.wait_for_function(

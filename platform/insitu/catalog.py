@@ -57,6 +57,11 @@ class DatasetInfo(BaseModel):
     arrays: list[ArrayInfo]
     default_array: str
     version: str = Field(description="SHA-256 over the store's metadata documents.")
+    stored_bytes: dict[str, int] | None = Field(
+        None,
+        description="Bytes each array takes in the store (its objects' sizes), listed at "
+        "registration for stores of up to MAX_LISTED_OBJECTS objects; None: not listed.",
+    )
 
     def array(self, path: str | None, dataset: str = "the dataset") -> ArrayInfo:
         """The array at ``path``, or the default (full-resolution) one."""
@@ -179,7 +184,41 @@ def inspect_store(url: str, storage_options: dict[str, Any] | None = None) -> Da
         arrays=sorted(arrays.values(), key=lambda a: a.path),
         default_array=default,
         version=version,
+        stored_bytes=stored_sizes(url, storage_options, list(arrays.values())),
     )
+
+
+MAX_LISTED_OBJECTS = 100_000  # a store with more (a PB volume) is not listed at registration
+
+
+def stored_sizes(
+    url: str, storage_options: dict[str, Any] | None, arrays: list[ArrayInfo]
+) -> dict[str, int] | None:
+    """The bytes each array's objects take in the store: one listing of the store (flat,
+    paginated on S3), made only when its arrays have at most MAX_LISTED_OBJECTS chunk or
+    shard objects; None otherwise, or when the listing fails."""
+    import math
+
+    from insitu.storage import filesystem
+
+    objects = sum(
+        math.prod(-(-n // c) for n, c in zip(a.shape, a.read_chunks, strict=True)) for a in arrays
+    )
+    if objects > MAX_LISTED_OBJECTS:
+        return None
+    try:
+        fs, root = filesystem(url, storage_options)
+        listed = fs.find(root, detail=True)
+    except Exception:
+        return None
+    by_depth = sorted((a.path for a in arrays), key=len, reverse=True)  # deepest array first
+    sizes = dict.fromkeys(by_depth, 0)
+    for key, entry in listed.items():
+        inside = key[len(root.rstrip("/")) + 1 :]
+        owner = next((p for p in by_depth if p == "" or inside.startswith(p + "/")), None)
+        if owner is not None:
+            sizes[owner] += int(entry.get("size") or 0)
+    return sizes
 
 
 def resolve_selection(

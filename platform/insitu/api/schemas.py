@@ -188,6 +188,9 @@ class DatasetPublic(BaseModel):
     description: str | None
     default_array: str
     arrays: list[ArrayInfo]
+    stored_bytes: dict[str, int] | None = Field(
+        None, description="Bytes each array takes in the store, where it was listed."
+    )
     created_at: datetime
 
     @classmethod
@@ -203,6 +206,7 @@ class DatasetPublic(BaseModel):
             description=dataset.description,
             default_array=info["default_array"],
             arrays=[ArrayInfo.model_validate(a) for a in info["arrays"]],
+            stored_bytes=info.get("stored_bytes"),
             created_at=dataset.created_at,
         )
 
