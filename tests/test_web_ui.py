@@ -115,12 +115,14 @@ def _sign_in(page: Any, url: str, token: str) -> None:
 def test_signing_in_with_a_token_and_with_a_credentials_link(
     site: tuple[str, str, Client], browser: Any, page: Any, tmp_path: Path
 ) -> None:
-    url, token, _ = site
+    url, token, admin = site
     page.goto(f"{url}/ui/login")
     _look(page, "login")
     page.get_by_label("API token").fill("not-a-token")
     page.get_by_role("button", name="Sign in").click()
     assert page.get_by_role("alert").is_visible()
+    denied = admin.audit(action="POST /ui/login", outcome="denied")
+    assert denied and denied[0]["outcome"] == "denied"  # a failed sign-in is audited
     _sign_in(page, url, token)
     assert page.get_by_role("heading", name="Your jobs").is_visible()
     _look(page, "jobs-empty")

@@ -137,7 +137,13 @@ async def login(request: Request, token: str = Form(...), next: str = Form("/ui/
 
     def check() -> User:
         with request.app.state.db.session() as session:
-            return authenticate(request, session, token.strip())
+            try:
+                return authenticate(request, session, token.strip())
+            except AuthenticationFailed as exc:  # audited as the API's refusals are
+                session.rollback()
+                queries.add_denial(session, None, "POST /ui/login", "/ui/login", exc.message)
+                session.commit()
+                raise
 
     try:
         await run_in_threadpool(check)
