@@ -65,3 +65,24 @@ def test_a_bundle_uploaded_to_one_replica_runs_a_job_submitted_to_another(
     assert kept.url.startswith("s3://") and kept.size(f"{digest}.tar.gz")
     for home in (settings.home, *(p for p in Path(settings.home).parent.glob("pod-*"))):
         assert not (home / "bundles").exists(), home
+
+
+def test_no_job_reaches_the_server_s_state_beside_its_workspace() -> None:
+    """A participant's job naming the bundles or kept logs (its workspace's sibling
+    ``_server`` prefix) through its store gateway is refused: another user's code and
+    logs stay the server's to hand out."""
+    from insitu.gateway.policy import Policy, Prefix
+
+    config = Settings(workspace_url="s3://results/jobs")
+    assert config.resolved_state_url == "s3://results/jobs/_server"
+    policy = Policy(
+        Prefix.of("s3://data/movie.zarr"), Prefix.of("s3://results/jobs/j-0123456789ab")
+    )
+    assert policy.check("PUT", "results", "jobs/j-0123456789ab/results/x.npy", {}).allowed
+    for method, key, query in [
+        ("GET", "jobs/_server/bundles/" + "0" * 64 + ".tar.gz", {}),
+        ("PUT", "jobs/_server/logs/j-000000000000.log", {}),
+        ("DELETE", "jobs/_server/logs/j-000000000000.log", {}),
+        ("GET", "", {"list-type": "2", "prefix": "jobs/_server/"}),
+    ]:
+        assert not policy.check(method, "results", key, query).allowed, (method, key)

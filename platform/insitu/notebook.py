@@ -15,7 +15,6 @@ import base64
 import builtins
 import html
 import inspect
-import io
 import re
 import sys
 import textwrap
@@ -207,9 +206,7 @@ def _value_html(key: str, value: Any) -> str:
         return f"{title}{html.escape(text)}{picture}"
     if isinstance(value, pd.DataFrame):
         return f"{title}{value.head(10).to_html(max_cols=12)}<small>{len(value)} rows</small>"
-    buffer = io.StringIO()
-    buffer.write(html.escape(repr(value))[:2000])
-    return f"{title}<code>{buffer.getvalue()}</code>"
+    return f"{title}<code>{html.escape(repr(value))[:2000]}</code>"
 
 
 class RunResult:

@@ -67,11 +67,7 @@ def token_of(request: Request, credentials: HTTPAuthorizationCredentials | None)
     if credentials is not None:
         return credentials.credentials
     cookie = request.cookies.get(SESSION_COOKIE)
-    if (
-        cookie
-        and request.method not in SAFE_METHODS
-        and UI_HEADER.lower() not in {k.lower() for k in request.headers}
-    ):
+    if cookie and request.method not in SAFE_METHODS and UI_HEADER not in request.headers:
         raise PermissionDenied(
             "a change asked with the web UI's cookie must come from the web UI itself; "
             "scripts send their token in the Authorization header"

@@ -550,13 +550,7 @@ class KubernetesBackend(Backend):
         return state_store(self.settings, "logs")
 
     def _runner_pod(self, handle: JobHandle) -> str | None:
-        cache = self._watching()
-        pods = (
-            cache.pods_of(LABEL_JOB, handle.job_id)
-            if cache is not None
-            else self._pods(handle.data["namespace"], handle.job_id)
-        )
-        runners = [p for p in pods if _component(p) == "runner"]
+        runners = [p for p in self._pods_now(handle) if _component(p) == "runner"]
         return runners[0]["metadata"]["name"] if runners else None
 
     def _tail(self, handle: JobHandle) -> LogTail | None:
@@ -606,17 +600,18 @@ class KubernetesBackend(Backend):
     async def logs(self, handle: JobHandle, offset: int = 0) -> tuple[bytes, int]:
         return await asyncio.to_thread(self._read_log, handle, offset)
 
-    def _pod_changed(self, pod: dict[str, Any]) -> Future[None] | None:
+    def _pod_changed(self, pod: dict[str, Any], *, going: bool = False) -> Future[None] | None:
         """A watch saw a pod change: read the log of a scheduler or worker that is going
-        (deleted with its cluster as the job ends), or of the run before its restart (an
-        out-of-memory kill, say), while Kubernetes still has it."""
+        (deleted with its cluster as the job ends, or ``going`` as its job is cleaned up),
+        or of the run before its restart (an out-of-memory kill, say), while Kubernetes
+        still has it."""
         component = _component(pod)
         metadata = pod.get("metadata") or {}
         job_id = (metadata.get("labels") or {}).get(LABEL_JOB)
         name, namespace = metadata.get("name"), metadata.get("namespace")
         if component not in ("scheduler", "worker") or not (job_id and name and namespace):
             return None
-        going = bool(metadata.get("deletionTimestamp"))
+        going = going or bool(metadata.get("deletionTimestamp"))
         restarts = sum(
             int(c.get("restartCount") or 0)
             for c in (pod.get("status") or {}).get("containerStatuses") or []
@@ -670,7 +665,7 @@ class KubernetesBackend(Backend):
             with contextlib.suppress(Exception):
                 tail.refresh(final=True)
         for pod in self._pods_now(handle):  # the parts still here, going now
-            self._pod_changed({**pod, "metadata": {**pod["metadata"], "deletionTimestamp": "now"}})
+            self._pod_changed(pod, going=True)
         with self._lock:
             collections = self._collections.pop(handle.job_id, [])
         futures.wait(collections, timeout=60)
@@ -689,6 +684,8 @@ class KubernetesBackend(Backend):
         kept.write_bytes(name, bytes(text))
 
     def _pods_now(self, handle: JobHandle) -> list[dict[str, Any]]:
+        """The job's pods as the watches have them, else as the API server lists them (none
+        when it cannot be reached)."""
         cache = self._watching()
         if cache is not None:
             return cache.pods_of(LABEL_JOB, handle.job_id)

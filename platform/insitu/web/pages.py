@@ -24,7 +24,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from insitu import objectstore
-from insitu.api.deps import SESSION_COOKIE, authenticate, wake_dispatcher
+from insitu.api.deps import SESSION_COOKIE, Caller, authenticate, wake_dispatcher
 from insitu.api.schemas import DatasetPublic, JobPublic
 from insitu.db import queries
 from insitu.db.models import User, utcnow
@@ -94,12 +94,7 @@ async def _as_user(request: Request, work: Callable[[Session, User], T]) -> T:
     if not token:
         here = str(request.url.path) + (f"?{request.url.query}" if request.url.query else "")
         raise SignIn(here if request.method == "GET" else "/ui/jobs")
-
-    def run() -> T:
-        with request.app.state.db.session() as session:
-            return work(session, authenticate(request, session, token))
-
-    return await run_in_threadpool(run)
+    return await Caller(request, token).run(work)
 
 
 def _page(request: Request, name: str, user: User, **context: Any) -> HTMLResponse:
