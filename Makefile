@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # checkov (the Terraform scan) has its own tool venv: its pins clash with the project's.
 CHECKOV_VENV := $(VENV)/tools/checkov
+# ome-zarr-models (the third-party OME-Zarr validator of tests/test_derived.py) pins an
+# older pydantic than the project's, so it has its own tool venv too.
+OME_VENV := $(VENV)/tools/ome-zarr
 
 .PHONY: demo test lint bench bench-large fuzz clean
 
@@ -33,8 +36,13 @@ $(CHECKOV_VENV)/bin/checkov: | $(BIN)/python
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov==3.3.30'
 
+$(OME_VENV)/.installed: | $(BIN)/python
+	$(PYTHON) -m venv $(OME_VENV)
+	$(OME_VENV)/bin/pip install --quiet 'ome-zarr-models==1.7'
+	touch $@
+
 ## test: lint, type-check and the test suite
-test: lint $(CHECKOV_VENV)/bin/checkov
+test: lint $(CHECKOV_VENV)/bin/checkov $(OME_VENV)/.installed
 	$(BIN)/pytest
 
 ## bench: every benchmark (about 25 min; root for the network namespaces); writes docs/benchmarks.*

@@ -172,6 +172,13 @@ def env_probe(data, *, context):
     }
 
 
+def keep(data, *, context):
+    """Twice the movie, kept next to the data as a derived dataset; and a small answer."""
+    import insitu
+
+    return {"doubled": insitu.Output(data.astype("float32") * 2), "frames": int(data.shape[0])}
+
+
 def slow(data, *, context, seconds=60):
     import time
 

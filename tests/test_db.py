@@ -43,7 +43,7 @@ def test_migrate_twice_is_harmless(db: Database) -> None:
     db.migrate()
     with db.engine.connect() as connection:
         assert (
-            connection.execute(text("select version_num from alembic_version")).scalar() == "0005"
+            connection.execute(text("select version_num from alembic_version")).scalar() == "0006"
         )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zarr
 from typer.testing import CliRunner
 
 import dockerlab
@@ -240,6 +241,18 @@ def test_uploaded_code_reaches_workers_in_their_own_containers(
         data[5:83].astype(np.float64).mean(axis=0) * 2.0,
         rtol=1e-6,
     )
+    # Outputs: the workers write them through the job's gateway, into its workspace only.
+    job = docker_server.submit(
+        {
+            **_spec("d/code", "my_analysis:keep", resources={"workers": 2}),
+            "outputs": {"doubled": {"name": "d/code-x2"}},
+        },
+        code=analysis_code,
+    )
+    done = docker_server.wait(job["id"], timeout=120)
+    assert done["state"] == "succeeded", done["error"]
+    kept = docker_server.dataset("d/code-x2")
+    assert kept["url"].startswith("s3://") and kept["size"] > 0
 
 
 def test_a_job_on_local_files_gets_them_as_mounts(
@@ -247,8 +260,10 @@ def test_a_job_on_local_files_gets_them_as_mounts(
     engine: Any,
     ophys_image: images.BuiltImage,
     movie: tuple[Path, np.ndarray],
+    analysis_code: Path,
 ) -> None:
-    """No object store: the dataset is mounted read-only, the workspace read-write."""
+    """No object store: the dataset is mounted read-only, the workspace read-write (and its
+    outputs folder in the workers, which write a job's outputs)."""
     local = settings.model_copy(update={"backend": "docker"})
     server = BackgroundServer(local).start()
     try:
@@ -262,6 +277,17 @@ def test_a_job_on_local_files_gets_them_as_mounts(
             np.testing.assert_allclose(
                 api.result(job["id"], "mean"), movie[1].astype(np.float64).mean(axis=0), rtol=1e-6
             )
+            # Outputs: written by the workers in their containers, into the job's own folder.
+            job = api.submit(
+                {**_spec("d/local", "my_analysis:keep"), "outputs": {"doubled": {"name": "d/x2"}}},
+                code=analysis_code,
+            )
+            done = api.wait(job["id"], timeout=120)
+            assert done["state"] == "succeeded", done["error"]
+            kept = api.dataset("d/x2")
+            assert kept["derived_from_job"] == job["id"] and kept["size"] > 0
+            stored = zarr.open_group(kept["url"].removeprefix("file://"), mode="r")["0"][:]
+            np.testing.assert_allclose(stored, movie[1].astype(np.float32) * 2)
     finally:
         server.stop()
 

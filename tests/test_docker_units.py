@@ -92,7 +92,11 @@ def test_local_files_are_mounted_and_need_no_store() -> None:
     assert store_route([request.workspace_url, "/data/movie.zarr"], None, "x", []) is None
     gateway, _, worker, runner = _plan(request, None)
     assert "volumes" not in gateway and "insitu.relay" not in gateway["entrypoint"]  # type: ignore[operator]
-    assert worker["volumes"] == {"/data/movie.zarr": {"bind": "/data/movie.zarr", "mode": "ro"}}
+    # Workers read the dataset and write the job's outputs (insitu.Output), nothing else.
+    assert worker["volumes"] == {
+        "/data/movie.zarr": {"bind": "/data/movie.zarr", "mode": "ro"},
+        "/srv/insitu/jobs/j-abc/outputs": {"bind": "/srv/insitu/jobs/j-abc/outputs", "mode": "rw"},
+    }
     assert worker["device_requests"] == [{"Count": 1, "Capabilities": [["gpu"]]}]
     assert runner["volumes"] == {
         "/data/movie.zarr": {"bind": "/data/movie.zarr", "mode": "ro"},

@@ -7,7 +7,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+source"
 
-__all__ = ["Client", "__version__"]
+__all__ = ["Client", "Output", "__version__"]
 
 
 def __getattr__(name: str) -> object:
@@ -16,4 +16,8 @@ def __getattr__(name: str) -> object:
         from insitu.client import Client
 
         return Client
+    if name == "Output":  # an analysis' large array kept next to the data
+        from insitu.runtime.outputs import Output
+
+        return Output
     raise AttributeError(name)

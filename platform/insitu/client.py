@@ -181,6 +181,28 @@ class Client:
         """One dataset with its arrays."""
         return self._json("GET", f"/v1/datasets/{name}")  # type: ignore[no-any-return]
 
+    def lineage(self, name: str) -> list[dict[str, Any]]:
+        """A dataset and its ancestors, nearest first, with what each was derived from."""
+        return self._json("GET", f"/v1/datasets/{name}/lineage")["data"]  # type: ignore[no-any-return]
+
+    def delete_dataset(self, name: str) -> dict[str, Any]:
+        """Delete a derived dataset and its data."""
+        return self._json("DELETE", f"/v1/datasets/{name}")  # type: ignore[no-any-return]
+
+    def release_dataset(self, name: str) -> dict[str, Any]:
+        """Let a derived dataset's own access rule alone decide who reads it."""
+        return self._json("POST", f"/v1/datasets/{name}/release")  # type: ignore[no-any-return]
+
+    def set_access(self, name: str, access: str) -> dict[str, Any]:
+        """Change a dataset's access rule: public, private, group:NAME or course:NAME."""
+        return self._json(  # type: ignore[no-any-return]
+            "PUT", f"/v1/datasets/{name}/access", json={"access": access}
+        )
+
+    def storage(self) -> dict[str, Any]:
+        """Bytes your derived datasets take, against your (and your course's) quota."""
+        return self._json("GET", "/v1/users/me/storage")  # type: ignore[no-any-return]
+
     # -- users and audit -----------------------------------------------------------------------
 
     def whoami(self) -> dict[str, Any]:

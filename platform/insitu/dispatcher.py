@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,14 +36,16 @@ from insitu.db import queries
 from insitu.db.engine import Database, unavailable
 from insitu.db.models import Course, Job, User, utcnow
 from insitu.errors import BackendBusy
-from insitu.runtime.workspace import Progress, WorkspaceFull
-from insitu.services import fairshare, quotas
+from insitu.runtime.workspace import Progress, Workspace, WorkspaceFull
+from insitu.services import derived, fairshare, quotas
 from insitu.services.jobs import write_inputs
 from insitu.spec import Resources
 from insitu.states import JobState
 from insitu.threadsafe import call_in_loop
+from insitu.trusted import outputs as trusted_outputs
 from insitu.trusted import report, settle
-from insitu.units import format_duration
+from insitu.trusted.texts import REASON_LIMIT, bounded
+from insitu.units import format_duration, format_size
 
 log = logging.getLogger("insitu.dispatcher")
 FAIR_SHARE_WINDOW = timedelta(hours=1)  # how far back fair share remembers who was served
@@ -73,6 +76,9 @@ def store_access(request: LaunchRequest) -> str:
     return "not enforced by the store; the runtime opened only this dataset"
 
 
+EXPIRY_INTERVAL = 300.0  # seconds between sweeps of derived data past its retention
+
+
 class Dispatcher:
     """Moves jobs from queued to a final state on one backend."""
 
@@ -90,6 +96,7 @@ class Dispatcher:
         self._launched: dict[str, tuple[JobHandle, LaunchRequest]] = {}
         self._cleaned_up = False  # leftovers of an earlier run removed (once per start)
         self._database_down = False
+        self._expired_at = 0.0  # monotonic time of the last sweep of expired derived data
         #: Called with a job's id after each change of it is committed (from any thread):
         #: the API wakes the requests that wait on it (insitu.api.changes).
         self.on_change: Callable[[str], None] = lambda job_id: None
@@ -151,6 +158,20 @@ class Dispatcher:
             admitted = await asyncio.to_thread(self._admit, room)
             for job in admitted:
                 await self._start(job)
+        if time.monotonic() - self._expired_at > EXPIRY_INTERVAL and not self._stopping:
+            self._expired_at = time.monotonic()
+            await asyncio.to_thread(self._expire)
+
+    def _expire(self) -> None:
+        """Delete derived datasets past their course's retention period."""
+        try:
+            with self.db.session() as session:
+                gone = derived.expire(session, self.settings, utcnow())
+        except Exception:
+            log.exception("could not delete expired derived datasets; trying again later")
+            return
+        if gone:
+            log.info("deleted %d expired derived dataset(s): %s", len(gone), ", ".join(gone))
 
     # -- database steps (run in a thread) -------------------------------------------------
 
@@ -469,6 +490,50 @@ class Dispatcher:
             return
         await asyncio.to_thread(self._settle, job.id, outcome, metered, scanned)
 
+    def _keep_outputs(
+        self, session: Session, job: Job, workspace: Workspace, decided: settle.Settlement
+    ) -> settle.Settlement:
+        """Register a succeeded job's outputs as derived datasets; fail it if they cannot
+        be kept. Outputs of a job that did not succeed are deleted."""
+        if decided.state is JobState.SUCCEEDED:
+            try:
+                checked = trusted_outputs.check_outputs(
+                    workspace, objectstore.platform_options(self.settings, job.workspace)
+                )
+                kept = derived.register_outputs(session, job, checked, utcnow())
+            except (trusted_outputs.RejectedOutputs, derived.OutputsRefused) as exc:
+                decided = settle.Settlement(
+                    JobState.FAILED,
+                    bounded(str(exc), REASON_LIMIT) or "",
+                    {
+                        **{k: v for k, v in decided.fields.items() if k != "provenance"},
+                        "error": str(exc)[:4096],
+                        "error_kind": "invalid_outputs",
+                        "results": [],
+                        "bytes_returned": 0,
+                    },
+                    discard_results=True,
+                )
+            else:
+                if kept:
+                    decided.fields.setdefault("accounting", {})["outputs"] = [
+                        {
+                            "key": (d.lineage or {}).get("output"),
+                            "dataset": d.name,
+                            "bytes": d.stored_bytes,
+                        }
+                        for d in kept
+                    ]
+                    names = ", ".join(d.name for d in kept)
+                    size = format_size(sum(d.stored_bytes or 0 for d in kept))
+                    decided.reason += (
+                        f"; kept {len(kept)} output(s) next to the data: {names} ({size})"
+                    )
+                return decided
+        with contextlib.suppress(Exception):
+            workspace.remove_outputs()
+        return decided
+
     def _settle(
         self,
         job_id: str,
@@ -491,6 +556,7 @@ class Dispatcher:
                 fraction=self.settings.limits.result_fraction,
                 now=utcnow(),
             )
+            decided = self._keep_outputs(session, job, workspace, decided)
             if decided.discard_results:
                 settle.discard(workspace)
             for name, value in decided.fields.items():

@@ -50,6 +50,12 @@ Seconds = Annotated[
 ]
 _ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+#: A result's or output's name: it becomes a file or folder name in the job's workspace.
+RESULT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+#: A catalog name: lower-case words separated by '/', e.g. 'ophys/session-001'.
+DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
+MAX_DATASET_NAME = 200
+MAX_OUTPUTS = 16
 #: Largest spec accepted, as text and once YAML aliases are expanded (params included).
 MAX_SPEC_BYTES = 256 * 1024
 #: Most YAML aliases (``*name``) in one spec, and deepest nesting of its values.
@@ -112,6 +118,27 @@ class Limits(_Strict):
     )
 
 
+class OutputSpec(_Strict):
+    """How an output the analysis returns as ``insitu.Output`` enters the catalog."""
+
+    name: str | None = Field(
+        None,
+        description="Catalog name of the derived dataset, e.g. 'ophys/session-001/corrected'; "
+        "default 'derived/<job id>/<output>'.",
+    )
+    description: str | None = Field(None, max_length=2000)
+
+    @field_validator("name")
+    @classmethod
+    def _dataset_name(cls, value: str | None) -> str | None:
+        if value is not None and (not DATASET_NAME.match(value) or len(value) > MAX_DATASET_NAME):
+            raise ValueError(
+                f"{value!r} is not a valid dataset name; use lower-case words separated "
+                "by '/', e.g. 'ophys/session-001/corrected'"
+            )
+        return value
+
+
 class JobSpec(_Strict):
     """A job: an analysis applied to a selection of one array of a dataset."""
 
@@ -132,6 +159,27 @@ class JobSpec(_Strict):
     analysis: Analysis
     resources: Resources = Field(default_factory=Resources)
     limits: Limits = Field(default_factory=Limits)
+    outputs: dict[str, OutputSpec] = Field(
+        default_factory=dict,
+        description="Outputs the analysis returns as insitu.Output, by result name: they stay "
+        "next to the data and become derived datasets, named here.",
+    )
+
+    @field_validator("outputs")
+    @classmethod
+    def _output_keys(cls, value: dict[str, OutputSpec]) -> dict[str, OutputSpec]:
+        if len(value) > MAX_OUTPUTS:
+            raise ValueError(f"at most {MAX_OUTPUTS} outputs per job, got {len(value)}")
+        for key in value:
+            if not RESULT_KEY.match(key):
+                raise ValueError(
+                    f"output name {key!r} must be letters, digits, '.', '_' or '-', as the "
+                    "analysis returns it"
+                )
+        names = [o.name for o in value.values() if o.name]
+        if len(set(names)) != len(names):
+            raise ValueError("two outputs are given the same dataset name")
+        return value
 
     @field_validator("name")
     @classmethod

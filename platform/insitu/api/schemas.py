@@ -79,6 +79,10 @@ class JobPublic(BaseModel):
     spec: dict[str, Any]
     results: list[ResultPublic]
     egress: EgressPublic
+    outputs: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Outputs kept next to the data, as derived datasets: key, dataset, bytes.",
+    )
     bytes_scanned_source: str | None = Field(None, description="How the server counted them.")
     core_seconds_source: str | None = Field(None, description="How the backend measured them.")
 
@@ -114,6 +118,7 @@ class JobPublic(BaseModel):
             spec=job.spec,
             results=[ResultPublic.model_validate(r) for r in job.results],
             egress=EgressPublic(**(egress := egress_of(job)).to_json(), used=egress.used),
+            outputs=list((job.accounting or {}).get("outputs") or []),
             bytes_scanned_source=(job.accounting or {}).get("bytes_scanned_source"),
             core_seconds_source=(job.accounting or {}).get("core_seconds_source"),
         )
@@ -192,6 +197,20 @@ class DatasetPublic(BaseModel):
         None, description="Bytes each array takes in the store, where it was listed."
     )
     created_at: datetime
+    derived_from_job: str | None = Field(
+        None, description="The job whose output this dataset is; None for a registered one."
+    )
+    lineage: dict[str, Any] | None = Field(
+        None,
+        description="Parents (datasets, arrays, selections), job, spec, code and image digests.",
+    )
+    size: int | None = Field(None, description="Bytes a derived dataset takes in the store.")
+    released: bool = Field(
+        False, description="Whether its parents' owner let its own access rule alone decide."
+    )
+    expires_at: datetime | None = Field(
+        None, description="When a derived dataset is deleted (its course's retention)."
+    )
 
     @classmethod
     def of(cls, dataset: Dataset) -> DatasetPublic:
@@ -208,7 +227,28 @@ class DatasetPublic(BaseModel):
             arrays=[ArrayInfo.model_validate(a) for a in info["arrays"]],
             stored_bytes=info.get("stored_bytes"),
             created_at=dataset.created_at,
+            derived_from_job=dataset.source_job_id,
+            lineage=dataset.lineage,
+            size=dataset.stored_bytes,
+            released=dataset.released_at is not None,
+            expires_at=dataset.expires_at,
         )
+
+
+class AccessChange(BaseModel):
+    access: str = Field(description="public, private, group:NAME or course:NAME.")
+
+
+class LineagePublic(BaseModel):
+    data: list[dict[str, Any]] = Field(description="The dataset and its ancestors, nearest first.")
+
+
+class StoragePublic(BaseModel):
+    used: int = Field(description="Bytes your derived datasets take in the store.")
+    quota: int | None = Field(description="Your storage quota in bytes (None: unlimited).")
+    course: str | None = None
+    course_used: int = 0
+    course_quota: int | None = None
 
 
 class DatasetsPublic(BaseModel):

@@ -65,6 +65,7 @@ from insitu.config import Settings
 from insitu.errors import BackendBusy, BackendError, InsituError, InvalidInput
 from insitu.images import ImageInfo, docker_client, inspect_image
 from insitu.runtime.sandbox import READY_LINE
+from insitu.runtime.workspace import OUTPUTS_DIR
 from insitu.spec import Resources
 from insitu.units import format_size
 
@@ -313,7 +314,7 @@ class DockerBackend(Backend):
         if urlsplit(url).scheme not in ("", "file"):
             return
         path = Path(urlsplit(url).path)
-        path.mkdir(parents=True, exist_ok=True)
+        (path / OUTPUTS_DIR).mkdir(parents=True, exist_ok=True)  # mounted into the workers
         uid, gid = (int(p) for p in self.user.split(":"))
         if os.getuid() == 0:
             for item in [path, *path.rglob("*")]:

@@ -29,6 +29,7 @@ from insitu.backends.cluster_plan import (
     plan_cluster,
 )
 from insitu.config import DockerBackendSettings
+from insitu.runtime.workspace import OUTPUTS_DIR
 
 LABEL_SERVER = "insitu.io/server"
 LABEL_WORKER = "insitu.io/worker"
@@ -226,7 +227,8 @@ def plan(
         )
     )
 
-    # Workers and runner read the dataset; the runner also writes the workspace.
+    # Workers and runner read the dataset; the runner also writes the workspace, and the
+    # workers its outputs folder.
     data_dir = local_path(request.dataset_url)
     work_dir = local_path(request.workspace_url)
     read_mounts = {str(data_dir): {"bind": str(data_dir), "mode": "ro"}} if data_dir else {}
@@ -243,8 +245,12 @@ def plan(
             name=job.name(f"worker-{index}"),
         )
         worker["labels"][LABEL_WORKER] = str(index)
-        if read_mounts:
-            worker["volumes"] = dict(read_mounts)
+        worker_mounts = dict(read_mounts)
+        if work_dir is not None:  # workers write the job's outputs (insitu.Output) in place
+            outputs = str(work_dir / OUTPUTS_DIR)
+            worker_mounts[outputs] = {"bind": outputs, "mode": "rw"}
+        if worker_mounts:
+            worker["volumes"] = worker_mounts
         if worker_plan.gpu:
             worker["device_requests"] = [{"Count": worker_plan.gpu, "Capabilities": [["gpu"]]}]
         job.specs.append(worker)

@@ -46,6 +46,19 @@ def _show(dataset: dict[str, Any]) -> None:
             f"access {dataset['access']}"
         )
     out.print(output.arrays_table(dataset))
+    if dataset.get("lineage"):
+        lineage = dataset["lineage"]
+        parents = ", ".join(
+            f"{p['name']}[{p.get('array') or '(root)'}]" for p in lineage.get("parents", [])
+        )
+        kept = format_size(dataset["size"]) if dataset.get("size") is not None else "?"
+        out.print(
+            f"derived by job {dataset['derived_from_job']} (output {lineage.get('output')!r}) "
+            f"from {parents}; {kept} in the store"
+            + (f"; expires {dataset['expires_at']}" if dataset.get("expires_at") else "")
+        )
+        if not dataset.get("released"):
+            out.print("readable only by those who may also read every parent ('insitu lineage')")
 
 
 @app.command()
@@ -132,6 +145,59 @@ def grant(
         output.print_json(dataset)
     else:
         output.stdout().print(f"{user} may now read {dataset['name']} (access {dataset['access']})")
+
+
+@app.command()
+def delete(name: NameArg, as_json: JsonOpt = False) -> None:
+    """Delete a derived dataset and its data in the store (its owner or an admin)."""
+    with connect() as client:
+        dataset = client.delete_dataset(name)
+    if as_json:
+        output.print_json(dataset)
+    else:
+        output.stdout().print(f"deleted {name} ({format_size(dataset.get('size') or 0)} freed)")
+
+
+@app.command()
+def release(name: NameArg, as_json: JsonOpt = False) -> None:
+    """Let a derived dataset's own access rule alone decide who reads it (its parents'
+    owner or an admin); until then only those who may read every parent can read it."""
+    with connect() as client:
+        dataset = client.release_dataset(name)
+    if as_json:
+        output.print_json(dataset)
+    else:
+        output.stdout().print(f"released {name}: access {dataset['access']} alone decides now")
+
+
+@app.command("access")
+def set_access(
+    name: NameArg,
+    rule: Annotated[
+        str,
+        typer.Argument(
+            help="public, private, group:NAME or course:NAME.", metavar="RULE", show_default=False
+        ),
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a dataset's access rule (its owner or an admin)."""
+    with connect() as client:
+        dataset = client.set_access(name, rule)
+    if as_json:
+        output.print_json(dataset)
+    else:
+        output.stdout().print(f"{name}: access {dataset['access']}")
+
+
+def lineage(name: NameArg, as_json: JsonOpt = False) -> None:
+    """Where a dataset came from: its parents, the jobs and code that derived it."""
+    with connect() as client:
+        chain = client.lineage(name)
+    if as_json:
+        output.print_json(chain)
+        return
+    output.stdout().print(output.lineage_tree(chain))
 
 
 roots_app = typer.Typer(

@@ -114,8 +114,23 @@ def plan(
         raise fail(planned["quota"]["reason"] or "your quota refuses this job")
 
 
-def status(job_id: JobArg, as_json: JsonOpt = False) -> None:
-    """A job's state, reason, error, progress, bytes scanned and returned, and its events."""
+def status(
+    job_id: Annotated[
+        str | None,
+        typer.Argument(
+            help="The job id; without one, your storage and unfinished jobs.",
+            metavar="[JOB]",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A job's state, reason, error, progress, bytes scanned and returned, and its events;
+    without a job, the derived data you keep against your storage quota and your jobs
+    that have not ended."""
+    if job_id is None:
+        _overview(as_json)
+        return
     with connect() as client:
         job = client.job(job_id)
         if as_json:
@@ -126,6 +141,21 @@ def status(job_id: JobArg, as_json: JsonOpt = False) -> None:
     out.print(output.job_table(job))
     out.print()
     out.print(output.events_table(events))
+
+
+def _overview(as_json: bool) -> None:
+    with connect() as client:
+        storage = client.storage()
+        unfinished = client.jobs(states=["queued", "admitted", "provisioning", "running"])
+    if as_json:
+        output.print_json({"storage": storage, "unfinished": unfinished})
+        return
+    out = output.stdout()
+    out.print(output.storage_text(storage))
+    if unfinished:
+        out.print(output.jobs_table(unfinished))
+    else:
+        out.print("no unfinished jobs")
 
 
 def list_jobs(

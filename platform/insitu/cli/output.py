@@ -24,6 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 
 from insitu.client import Client
 from insitu.states import JobState
@@ -217,9 +218,70 @@ def job_table(job: dict[str, Any]) -> Table:
         ("submitted", local_time(job["created_at"])),
         ("results", ", ".join(r["filename"] for r in job["results"]) or "-"),
     ]
+    if job.get("outputs"):
+        kept = ", ".join(
+            f"{o['key']} -> {o['dataset']} ({format_size(o['bytes'])})" for o in job["outputs"]
+        )
+        rows.append(("outputs", f"{kept} (kept next to the data)"))
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _lineage_label(entry: dict[str, Any], via: str = "") -> Text:
+    label = Text(entry["name"], style="bold")
+    if via:
+        label.append(f"  {via}")
+    lineage = entry.get("lineage") or {}
+    if not entry["derived"]:
+        label.append(f"  registered, {entry['url']}", style="dim")
+        return label
+    label.append(
+        f"\n  output {lineage.get('output')!r} of job {lineage.get('job')} "
+        f"({lineage.get('entrypoint')}), {format_size(entry.get('stored_bytes'))}, "
+        f"owner {entry.get('owner')}"
+    )
+    digests = (
+        f"spec {str(lineage.get('spec_sha256'))[:12]}",
+        f"code {str(lineage.get('code_bundle_sha256') or '-')[:12]}",
+        f"image {str(lineage.get('image_digest') or lineage.get('image') or '-')[:24]}",
+    )
+    label.append("\n  " + ", ".join(digests), style="dim")
+    return label
+
+
+def lineage_tree(chain: list[dict[str, Any]]) -> Tree:
+    """A dataset and its ancestors as a tree, each parent with the selection taken of it."""
+    by_name = {entry["name"]: entry for entry in chain}
+
+    def grow(tree: Tree, entry: dict[str, Any], depth: int) -> None:
+        for parent in (entry.get("lineage") or {}).get("parents", []):
+            selection = ", ".join(
+                f"{axis} {r[0]}:{r[1]}" for axis, r in (parent.get("selection") or {}).items()
+            )
+            via = f"[{parent.get('array') or '(root)'}] {selection}"
+            known = by_name.get(parent["name"])
+            if known is None:
+                tree.add(Text(f"{parent['name']}  {via} (not readable or deleted)"))
+            elif depth < 50:
+                grow(tree.add(_lineage_label(known, via)), known, depth + 1)
+
+    if not chain:
+        return Tree("(empty)")
+    root = Tree(_lineage_label(chain[0]))
+    grow(root, chain[0], 0)
+    return root
+
+
+def storage_text(storage: dict[str, Any]) -> str:
+    """Derived data kept against the storage quotas, in one line."""
+    text = f"derived data {format_size(storage['used'])}"
+    text += f" of {format_size(storage['quota'])}" if storage.get("quota") is not None else ""
+    if storage.get("course"):
+        text += f"; course {storage['course']} {format_size(storage['course_used'])}"
+        if storage.get("course_quota") is not None:
+            text += f" of {format_size(storage['course_quota'])}"
+    return text
 
 
 def plan_table(plan: dict[str, Any]) -> Table:

@@ -130,6 +130,17 @@ class Dataset(Base):
     description: Mapped[str | None] = mapped_column(Text)
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Derived datasets (a job's outputs): the job that wrote them, their lineage (parents,
+    # selection, spec, code and image digests), the bytes they take in the store, when
+    # the parents' owners let the derived data's own access rule alone decide, and when
+    # it expires under its course's retention period; a deleted one keeps its row (jobs
+    # that ran on it name it) under a name no one can register.
+    source_job_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    released_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    deleted_at: Mapped[datetime | None]
 
     owner: Mapped[User | None] = relationship()
     grants: Mapped[list[DatasetGrant]] = relationship(

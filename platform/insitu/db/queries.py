@@ -212,7 +212,9 @@ def audit_of_datasets(
 
 def dataset_by_name(session: Session, name: str) -> Dataset:
     """A dataset by its catalog name, or :class:`NotFound` with a hint."""
-    dataset = session.scalar(select(Dataset).where(Dataset.name == name))
+    dataset = session.scalar(
+        select(Dataset).where(Dataset.name == name, Dataset.deleted_at.is_(None))
+    )
     if dataset is None:
         raise NotFound(
             f"dataset {name!r} is not registered; 'insitu datasets list' shows the catalog"
@@ -221,7 +223,63 @@ def dataset_by_name(session: Session, name: str) -> Dataset:
 
 
 def list_datasets(session: Session) -> Sequence[Dataset]:
-    return session.scalars(select(Dataset).order_by(Dataset.name)).all()
+    """The catalog: every dataset not deleted, by name."""
+    return session.scalars(
+        select(Dataset).where(Dataset.deleted_at.is_(None)).order_by(Dataset.name)
+    ).all()
+
+
+def datasets_by_id(session: Session, ids: Sequence[int]) -> dict[int, Dataset]:
+    """Datasets (deleted ones included) by id."""
+    if not ids:
+        return {}
+    return {d.id: d for d in session.scalars(select(Dataset).where(Dataset.id.in_(ids)))}
+
+
+def derived_of_job(session: Session, job_id: str) -> Sequence[Dataset]:
+    """The derived datasets a job's outputs became (deleted ones included)."""
+    return session.scalars(
+        select(Dataset).where(Dataset.source_job_id == job_id).order_by(Dataset.id)
+    ).all()
+
+
+def derived_bytes(session: Session, owner_ids: Sequence[int]) -> int:
+    """Bytes the live derived datasets of these users take in the store."""
+    if not owner_ids:
+        return 0
+    total = session.scalar(
+        select(func.coalesce(func.sum(Dataset.stored_bytes), 0)).where(
+            Dataset.owner_id.in_(owner_ids),
+            Dataset.source_job_id.is_not(None),
+            Dataset.deleted_at.is_(None),
+        )
+    )
+    return int(total or 0)
+
+
+def course_member_ids(session: Session, course_id: int) -> list[int]:
+    """Ids of a course's participants."""
+    return list(session.scalars(select(User.id).where(User.course_id == course_id)))
+
+
+def children_of(session: Session, dataset: Dataset) -> list[Dataset]:
+    """Live derived datasets whose lineage names ``dataset`` as a parent."""
+    return [
+        d
+        for d in session.scalars(
+            select(Dataset).where(Dataset.source_job_id.is_not(None), Dataset.deleted_at.is_(None))
+        )
+        if any(p.get("id") == dataset.id for p in (d.lineage or {}).get("parents", []))
+    ]
+
+
+def expired_datasets(session: Session, now: datetime) -> Sequence[Dataset]:
+    """Live derived datasets past their retention."""
+    return session.scalars(
+        select(Dataset).where(
+            Dataset.expires_at.is_not(None), Dataset.expires_at <= now, Dataset.deleted_at.is_(None)
+        )
+    ).all()
 
 
 def job_by_id(session: Session, job_id: str, *, lock: bool = False) -> Job:
@@ -329,6 +387,15 @@ def unfinished_jobs_of(session: Session, owner_id: int) -> list[Job]:
             .where(Job.owner_id == owner_id, Job.finished_at.is_(None))
             .order_by(Job.created_at)
             .with_for_update()
+        ).all()
+    )
+
+
+def unfinished_jobs_on(session: Session, dataset_id: int) -> list[Job]:
+    """Jobs reading a dataset that have not ended."""
+    return list(
+        session.scalars(
+            select(Job).where(Job.dataset_id == dataset_id, Job.finished_at.is_(None))
         ).all()
     )
 

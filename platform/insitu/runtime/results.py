@@ -5,16 +5,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from insitu.errors import AnalysisFailed, ResultTooLarge
+from insitu.spec import RESULT_KEY
 from insitu.units import format_size
 
-RESULT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Bytes a job may return on top of its cap, for its record (provenance, error and event
 # texts); the server's egress budget allows the same.

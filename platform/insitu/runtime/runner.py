@@ -31,16 +31,26 @@ from insitu.blocks import block_count, plan_for_spec
 from insitu.errors import AnalysisFailed, BackendError, InsituError, ResultTooLarge
 from insitu.runtime import bundle, metering
 from insitu.runtime.context import RunContext
+from insitu.runtime.outputs import Output, output_url
+from insitu.runtime.outputs import prepare as prepare_output
 from insitu.runtime.reader import open_selection
-from insitu.runtime.results import check_cap, encode, result_cap, too_large_message
+from insitu.runtime.results import (
+    RESULT_KEY,
+    check_cap,
+    encode,
+    result_cap,
+    too_large_message,
+)
 from insitu.runtime.workspace import (
     CODE_FILE,
     JOB_FILE,
     OUTCOME_FILE,
+    OUTPUTS_DIR,
     RESULTS_DIR,
     STATUS_FILE,
     JobInput,
     Outcome,
+    OutputRecord,
     Progress,
     ResultFile,
     Workspace,
@@ -212,8 +222,9 @@ def start_cluster(
     return stack.enter_context(Client(cluster, set_as_default=True))
 
 
-def _compute(returned: dict[str, Any], cap: int) -> dict[str, Any]:
-    """Compute the lazy results together, refusing arrays known to exceed the cap first."""
+def _compute(returned: dict[str, Any], cap: int, stores: Any = None) -> dict[str, Any]:
+    """Compute the lazy results (and write the outputs: ``stores``) together, refusing
+    arrays known to exceed the cap first."""
     lazy = {k: v for k, v in returned.items() if dask.is_dask_collection(v)}
     # Only dask arrays: a Delayed answers any attribute, ``shape`` included, lazily.
     known = sum(
@@ -224,10 +235,47 @@ def _compute(returned: dict[str, Any], cap: int) -> dict[str, Any]:
     limit, source = result_cap(cap)
     if known > limit:
         raise ResultTooLarge(too_large_message(known, limit, source=source))
-    if lazy:
-        values = dask.compute(*lazy.values())
-        returned = {**returned, **dict(zip(lazy, values, strict=True))}
+    if lazy or stores is not None:
+        values = dask.compute(*lazy.values(), *([stores] if stores is not None else []))
+        returned = {**returned, **dict(zip(lazy, values[: len(lazy)], strict=True))}
     return returned
+
+
+def _start_outputs(
+    workspace: Workspace, job: JobInput, outputs: dict[str, Output]
+) -> tuple[Any, list[OutputRecord]]:
+    """Create each output's OME-Zarr group in the workspace; the lazy writes of them all."""
+    sources: list[Any] = []
+    targets: list[Any] = []
+    records: list[OutputRecord] = []
+    for key, output in outputs.items():
+        if not RESULT_KEY.match(key):
+            raise AnalysisFailed(
+                f"output name {key!r} cannot be a folder name; use letters, digits, '.', '_' or '-'"
+            )
+        level_sources, level_targets, plan = prepare_output(
+            key,
+            output,
+            output_url(workspace.url, key),
+            workspace.storage_options,
+            job.array,
+            job.ranges,
+            job.dataset,
+        )
+        sources += level_sources
+        targets += level_targets
+        records.append(
+            OutputRecord(
+                key=key,
+                path=f"{OUTPUTS_DIR}/{key}.ome.zarr",
+                shape=[int(n) for n in level_sources[0].shape],
+                dtype=str(level_sources[0].dtype),
+                levels=len(plan.factors),
+                labels=output.labels,
+            )
+        )
+    stores = da.store(sources, targets, lock=False, compute=False) if sources else None
+    return stores, records
 
 
 def _killed_workers(
@@ -375,7 +423,10 @@ def run_job(
                         f"the analysis returned a {type(returned).__name__}; return a dict "
                         "that maps result names to values, e.g. {'mean': data.mean(axis=0)}"
                     )
-                computed = _compute(returned, job.result_cap_bytes)
+                outputs = {k: v for k, v in returned.items() if isinstance(v, Output)}
+                stores, outcome.outputs = _start_outputs(workspace, job, outputs)
+                reduced = {k: v for k, v in returned.items() if k not in outputs}
+                computed = _compute(reduced, job.result_cap_bytes, stores)
             except InsituError:
                 raise
             except Exception as exc:

@@ -32,6 +32,7 @@ STATUS_FILE = "status.json"
 OUTCOME_FILE = "outcome.json"
 LOG_FILE = "runner.log"
 RESULTS_DIR = "results"
+OUTPUTS_DIR = "outputs"  # insitu.Output arrays, as OME-Zarr (insitu.runtime.outputs)
 PROVENANCE_FILE = "provenance.json"
 
 
@@ -80,6 +81,17 @@ class ResultFile(BaseModel):
     dtype: str | None = None
 
 
+class OutputRecord(BaseModel):
+    """One output the job wrote next to the data (its word; the server checks the store)."""
+
+    key: str
+    path: str
+    shape: list[int]
+    dtype: str
+    levels: int
+    labels: bool = False
+
+
 class Outcome(BaseModel):
     """How the job ended (``outcome.json``), written last by the runtime."""
 
@@ -87,6 +99,7 @@ class Outcome(BaseModel):
     error: str | None = None
     error_kind: str | None = None
     results: list[ResultFile] = Field(default_factory=list)
+    outputs: list[OutputRecord] = Field(default_factory=list)
     bytes_scanned: int = 0
     bytes_selected: int = 0
     bytes_returned: int = 0
@@ -111,6 +124,7 @@ class Workspace:
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url.rstrip("/")
+        self.storage_options = dict(storage_options or {})
         self.fs, self.root = filesystem(self.url, storage_options)
         self._local = "file" in self.fs.protocol
 
@@ -205,6 +219,11 @@ class Workspace:
         """Delete what the job wrote under ``results/`` (e.g. to make room on a full disk)."""
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.path(RESULTS_DIR), recursive=True)
+
+    def remove_outputs(self) -> None:
+        """Delete what the job wrote under ``outputs/`` (none of it becomes a dataset)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self.path(OUTPUTS_DIR), recursive=True)
 
     def remove(self) -> None:
         """Delete the whole workspace."""

@@ -73,15 +73,47 @@ def allowed_by_rule(user: User, dataset: Dataset) -> bool:
     return dataset.access.startswith(GROUP_PREFIX) and group in user.groups
 
 
+def parents_of(session: Session, dataset: Dataset) -> list[Dataset | None]:
+    """The datasets a derived dataset was computed from (None for one since deleted)."""
+    ids = [int(p["id"]) for p in (dataset.lineage or {}).get("parents", [])]
+    found = queries.datasets_by_id(session, ids)
+    return [found.get(i) for i in ids]
+
+
+def _closed_parent(session: Session, user: User, dataset: Dataset) -> Dataset | bool | None:
+    """The first parent ``user`` may not read (None if deleted), or False if none is.
+
+    Derived data is never more open than its parents: unless the parents' owner released
+    it, reading it needs reading every parent too (and theirs, up the lineage).
+    """
+    if dataset.source_job_id is None or dataset.released_at is not None or is_admin(user):
+        return False
+    for parent in parents_of(session, dataset):
+        if parent is None or parent.deleted_at is not None or not can_read(session, user, parent):
+            return parent
+    return False
+
+
 def can_read(session: Session, user: User, dataset: Dataset) -> bool:
     """Whether ``user`` may run jobs on ``dataset`` and see its description."""
-    return allowed_by_rule(user, dataset) or queries.is_granted(session, dataset, user)
+    if not (allowed_by_rule(user, dataset) or queries.is_granted(session, dataset, user)):
+        return False
+    return _closed_parent(session, user, dataset) is False
 
 
 def require_read(session: Session, user: User, dataset: Dataset) -> None:
     """Refuse a user who may not read ``dataset``, naming it and who can help."""
     if can_read(session, user, dataset):
         return
+    if allowed_by_rule(user, dataset) or queries.is_granted(session, dataset, user):
+        parent = _closed_parent(session, user, dataset)
+        which = f"dataset {parent.name!r}" if isinstance(parent, Dataset) else "a deleted dataset"
+        raise PermissionDenied(
+            f"you ({user.name!r}) may not read dataset {dataset.name!r}: it is derived from "
+            f"{which}, which you may not read, and derived data is never more open than its "
+            "parents; ask the parent's owner for access to it, or to release this dataset "
+            f"('insitu datasets release {dataset.name}')"
+        )
     owner = dataset.owner.name if dataset.owner else "an admin"
     how = "it is private"
     if dataset.access.startswith(GROUP_PREFIX):
@@ -95,10 +127,12 @@ def require_read(session: Session, user: User, dataset: Dataset) -> None:
 
 
 def require_curator_of(user: User, dataset: Dataset, doing: str) -> None:
-    """Only the dataset's owner (an admin or instructor) or an admin may change it."""
+    """Only the dataset's owner (an admin or instructor, or anyone for a dataset their own
+    job derived) or an admin may change it."""
     if is_admin(user):
         return
-    require_role(user, CURATORS, doing)
+    if dataset.source_job_id is None:
+        require_role(user, CURATORS, doing)
     if dataset.owner_id != user.id:
         raise PermissionDenied(
             f"dataset {dataset.name!r} belongs to another user; only its owner or an admin "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -12,8 +11,7 @@ from insitu.db import queries
 from insitu.db.models import Dataset, User
 from insitu.errors import Conflict, InvalidInput, NotFound
 from insitu.services import access, url_roots
-
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
+from insitu.spec import DATASET_NAME, MAX_DATASET_NAME
 
 
 def register(
@@ -35,7 +33,7 @@ def register(
     """
     access.require_role(owner, access.CURATORS, "register datasets")
     rule = access.parse_access(access_rule)
-    if not _NAME_RE.match(name) or len(name) > 200:
+    if not DATASET_NAME.match(name) or len(name) > MAX_DATASET_NAME:
         raise InvalidInput(
             f"dataset name {name!r} is not valid; use lower-case words separated by '/', "
             "e.g. 'ophys/session-001'"
@@ -78,7 +76,8 @@ def readable(session: Session, user: User) -> list[Dataset]:
     return [
         d
         for d in queries.list_datasets(session)
-        if d.id in granted or access.allowed_by_rule(user, d)
+        if (d.id in granted or access.allowed_by_rule(user, d))
+        and (d.source_job_id is None or access.can_read(session, user, d))
     ]
 
 

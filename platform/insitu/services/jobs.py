@@ -19,7 +19,7 @@ from insitu.db import queries
 from insitu.db.models import Dataset, Job, User
 from insitu.errors import Conflict, InvalidInput, LimitReached, NotFound, PermissionDenied
 from insitu.runtime.workspace import CODE_FILE, JOB_FILE, JobInput
-from insitu.services import access, quotas
+from insitu.services import access, derived, quotas
 from insitu.services.auth import Role
 from insitu.services.bundles import BundleStore
 from insitu.services.datasets import info_of
@@ -143,6 +143,8 @@ def submit(
         usage.core_seconds = queries.core_seconds_of(session, owner.id)
     quotas.check_submit(owner, spec.resources.workers, usage)
     dataset, array, ranges = check_target(session, settings, owner, spec, code_bundle, backend)
+    derived.check_names_free(session, spec)
+    derived.check_room(session, owner, spec)
 
     job_id = new_job_id()
     workspace_url = f"{settings.resolved_workspace_url}/{job_id}"

@@ -1,8 +1,11 @@
 """Quotas: what one participant may use, checked at submit and at every admission.
 
-A quota has four optional parts: ``jobs`` (jobs running at once), ``workers`` (Dask
+A quota has optional parts: ``jobs`` (jobs running at once), ``workers`` (Dask
 workers in use at once, over all running jobs), ``core_hours`` (core-hours used in all,
-counted when jobs end) and ``result_bytes`` (the largest result of one job). A job that
+counted when jobs end), ``result_bytes`` (the largest result of one job), ``storage``
+(bytes of derived datasets a user keeps), ``course_storage`` (bytes of derived datasets
+all of a course's participants keep together) and ``retention`` (how long derived
+datasets are kept before they are deleted). A job that
 can never fit is refused at submit, saying why; one that fits later waits in ``queued``
 with the reason in its record, and the dispatcher admits it when it fits.
 """
@@ -17,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from insitu.db.models import User, utcnow
 from insitu.errors import InvalidInput, PermissionDenied
-from insitu.units import format_size, parse_size
+from insitu.units import format_duration, format_size, parse_duration, parse_size
 
 _KEYS = {
     "jobs": "jobs",
@@ -26,6 +29,8 @@ _KEYS = {
     "core_hours": "core_hours",
 }
 _KEYS |= {"result-bytes": "result_bytes", "result_bytes": "result_bytes"}
+_KEYS |= {"storage": "storage", "course-storage": "course_storage", "retention": "retention"}
+_KEYS |= {"course_storage": "course_storage"}
 
 
 class Quota(BaseModel):
@@ -37,11 +42,23 @@ class Quota(BaseModel):
     workers: int | None = Field(None, ge=1, description="Dask workers in use at once.")
     core_hours: float | None = Field(None, gt=0, description="Core-hours in all.")
     result_bytes: int | None = Field(None, ge=1, description="Largest result of one job.")
+    storage: int | None = Field(None, ge=0, description="Bytes of derived datasets kept.")
+    course_storage: int | None = Field(
+        None, ge=0, description="Bytes of derived datasets a whole course keeps."
+    )
+    retention: float | None = Field(
+        None, gt=0, description="Seconds derived datasets are kept before deletion."
+    )
 
-    @field_validator("result_bytes", mode="before")
+    @field_validator("result_bytes", "storage", "course_storage", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:
         return parse_size(value) if isinstance(value, str) else value
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
 
     def describe(self) -> str:
         parts = []
@@ -53,6 +70,12 @@ class Quota(BaseModel):
             parts.append(f"core-hours={self.core_hours:g}")
         if self.result_bytes is not None:
             parts.append(f"result-bytes={format_size(self.result_bytes)}")
+        if self.storage is not None:
+            parts.append(f"storage={format_size(self.storage)}")
+        if self.course_storage is not None:
+            parts.append(f"course-storage={format_size(self.course_storage)}")
+        if self.retention is not None:
+            parts.append(f"retention={format_duration(self.retention)}")
         return ",".join(parts) or "unlimited"
 
 
@@ -77,7 +100,8 @@ def parse_quota(text: str | dict[str, Any] | None) -> Quota:
         name = _KEYS.get(str(key).strip().lower())
         if name is None:
             raise InvalidInput(
-                f"quota {key!r} is not known; use jobs, workers, core-hours or result-bytes"
+                f"quota {key!r} is not known; use jobs, workers, core-hours, result-bytes, "
+                "storage, course-storage or retention"
             )
         values[name] = value.strip() if isinstance(value, str) else value
     try:

@@ -6,8 +6,15 @@ from fastapi import APIRouter, status
 
 from insitu import objectstore
 from insitu.api.deps import CurrentUser, SessionDep, SettingsDep
-from insitu.api.schemas import DatasetCreate, DatasetPublic, DatasetsPublic, GrantCreate
-from insitu.services import datasets
+from insitu.api.schemas import (
+    AccessChange,
+    DatasetCreate,
+    DatasetPublic,
+    DatasetsPublic,
+    GrantCreate,
+    LineagePublic,
+)
+from insitu.services import datasets, derived
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -43,6 +50,36 @@ def grant_dataset(
 ) -> DatasetPublic:
     """Let a user read a dataset whatever its access rule (its owner or an admin)."""
     return DatasetPublic.of(datasets.grant(session, user, name, body.user))
+
+
+@router.get("/{name:path}/lineage", response_model=LineagePublic)
+def dataset_lineage(name: str, session: SessionDep, user: CurrentUser) -> LineagePublic:
+    """A dataset and its ancestors, nearest first: what each was derived from, and how."""
+    return LineagePublic(data=derived.lineage_chain(session, user, name))
+
+
+@router.post("/{name:path}/release", response_model=DatasetPublic)
+def release_dataset(name: str, session: SessionDep, user: CurrentUser) -> DatasetPublic:
+    """Let a derived dataset's own access rule alone decide who reads it (its parents'
+    owner or an admin)."""
+    return DatasetPublic.of(derived.release(session, user, name))
+
+
+@router.put("/{name:path}/access", response_model=DatasetPublic)
+def change_access(
+    name: str, body: AccessChange, session: SessionDep, user: CurrentUser
+) -> DatasetPublic:
+    """Change a dataset's access rule (its owner or an admin); a derived dataset stays
+    no more open than its parents unless they released it."""
+    return DatasetPublic.of(derived.set_access(session, user, name, body.access))
+
+
+@router.delete("/{name:path}", response_model=DatasetPublic)
+def delete_dataset(
+    name: str, session: SessionDep, settings: SettingsDep, user: CurrentUser
+) -> DatasetPublic:
+    """Delete a derived dataset and its data (its owner or an admin)."""
+    return DatasetPublic.of(derived.delete(session, settings, user, name))
 
 
 @router.get("/{name:path}", response_model=DatasetPublic)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, status
 
 from insitu.api.deps import CurrentUser, SessionDep, wake_dispatcher
-from insitu.api.schemas import UserCreate, UserCreated, UserPublic, UsersPublic
-from insitu.services import users
+from insitu.api.schemas import StoragePublic, UserCreate, UserCreated, UserPublic, UsersPublic
+from insitu.services import derived, users
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -31,6 +31,12 @@ def list_users(session: SessionDep, user: CurrentUser) -> UsersPublic:
 def who_am_i(user: CurrentUser) -> UserPublic:
     """The user the API token belongs to."""
     return UserPublic.of(user)
+
+
+@router.get("/me/storage", response_model=StoragePublic)
+def my_storage(session: SessionDep, user: CurrentUser) -> StoragePublic:
+    """Bytes your derived datasets (and your course's) take, against the storage quotas."""
+    return StoragePublic(**derived.storage_use(session, user).to_json())
 
 
 @router.post("/{name}/revoke", response_model=UserPublic)

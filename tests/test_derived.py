@@ -1,0 +1,441 @@
+"""Outputs that stay next to the data: OME-Zarr written by the runtime, checked by the
+server, registered as derived datasets with lineage, quota and their parents' access."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from helpers import assert_one_error_line, missing
+from insitu.catalog import ArrayInfo
+from insitu.cli.main import app
+from insitu.client import Client
+from insitu.config import Settings
+from insitu.db.engine import Database
+from insitu.errors import AnalysisFailed, Conflict, PermissionDenied
+from insitu.runtime.outputs import Output, layout, ome_attributes
+from insitu.server import BackgroundServer
+from insitu.services import derived
+
+pytestmark = pytest.mark.timeout(180)
+ROOT = Path(__file__).resolve().parents[1]
+VALIDATOR = ROOT / ".venv" / "tools" / "ome-zarr" / "bin" / "python"
+PARENT = "lab/movie"
+
+ANALYSIS = '''
+import numpy as np
+import insitu
+
+
+def smooth(data, *, context, labels=False):
+    """The movie minus its time mean, kept as an output; a threshold as labels; a summary."""
+    centred = (data.astype("float32") - data.astype("float32").mean(axis=0)).astype("float32")
+    out = {"centred": insitu.Output(centred), "frames": int(data.shape[0])}
+    if labels:
+        out["mask"] = insitu.Output((data > 2000).astype("uint32"), labels=True)
+    return out
+
+
+def mean(data, *, context):
+    return {"mean": data.astype("float64").mean(axis=0)}
+
+'''
+
+
+def validate(*paths: Path) -> list[dict[str, Any]]:
+    """Each path as ome-zarr-models reads it (the model it validated as, or an error)."""
+    if not VALIDATOR.exists():
+        missing("ome-zarr", f"{VALIDATOR} is not installed; run 'make test' once")
+    done = subprocess.run(
+        [str(VALIDATOR), str(ROOT / "tests" / "ome_validate.py"), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+# -- the runtime's side: layout and metadata -----------------------------------------------
+
+
+def _source(**fields: Any) -> ArrayInfo:
+    base = {
+        "path": "0",
+        "shape": [100, 512, 512],
+        "dtype": "uint16",
+        "chunks": [64, 128, 128],
+        "axes": ["t", "y", "x"],
+        "units": ["second", "micrometer", "micrometer"],
+        "scale": [0.033, 0.8, 0.8],
+        "zarr_format": 3,
+    }
+    return ArrayInfo.model_validate({**base, **fields})
+
+
+def test_outputs_carry_the_input_axes_scale_and_place() -> None:
+    import dask.array as da
+
+    array = da.zeros((50, 512, 512), dtype="uint16", chunks=(50, 256, 256))
+    plan = layout("corrected", Output(array), array, _source(), [(10, 60), (0, 512), (0, 512)])
+    assert plan.axes == ["t", "y", "x"] and plan.units[1] == "micrometer"
+    assert plan.chunks == (50, 128, 128)  # the input's chunks, clipped to the shape
+    # Time is not downsampled; y and x halve until they fit in one chunk: 512 -> 256 -> 128.
+    assert plan.factors == [(1, 1, 1), (1, 2, 2), (1, 4, 4)]
+    assert plan.translation == pytest.approx([10 * 0.033, 0, 0])
+    assert plan.level_scale(2) == pytest.approx([0.033, 3.2, 3.2])
+    assert plan.level_translation(1) == pytest.approx([0.33, 0.4, 0.4])
+    attrs = ome_attributes("corrected", plan, False, PARENT)["ome"]
+    assert attrs["version"] == "0.5"
+    assert [a["type"] for a in attrs["multiscales"][0]["axes"]] == ["time", "space", "space"]
+    assert "image-label" not in attrs
+
+
+def test_outputs_of_another_shape_must_name_their_axes() -> None:
+    import dask.array as da
+
+    image = da.zeros((512, 512), dtype="float32")
+    with pytest.raises(AnalysisFailed, match=r"has 2 axes and the input 3; name them"):
+        layout("mean", Output(image), image, _source(), [(0, 100), (0, 512), (0, 512)])
+    plan = layout("mean", Output(image, axes=["y", "x"], scale=[0.8, 0.8]), image, _source(), [])
+    assert plan.scale == [0.8, 0.8] and plan.units == [None, None]
+    with pytest.raises(AnalysisFailed, match="labels need an integer dtype"):
+        from insitu.runtime.outputs import as_dask
+
+        as_dask("mask", Output(image, labels=True))
+
+
+# -- end to end on the local backend -----------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def users_may_run_code(settings: Settings) -> None:
+    """Researchers run their own code here (the local backend trusts its operator)."""
+    settings.local.allow_untrusted_code = True
+
+
+@pytest.fixture
+def code(tmp_path: Path) -> Path:
+    folder = tmp_path / "derive_code"
+    folder.mkdir()
+    (folder / "derive.py").write_text(ANALYSIS)
+    return folder
+
+
+@pytest.fixture
+def people(client: Client, server: BackgroundServer) -> Iterator[dict[str, Client]]:
+    """The admin owns the private parent; rosa may read it; bob may not."""
+    made = {name: client.add_user(name, "researcher") for name in ("rosa", "bob")}
+    clients = {name: Client(server.url, user["token"]) for name, user in made.items()}
+    clients["admin"] = client
+    yield clients
+    for name, api in clients.items():
+        if name != "admin":
+            api.close()
+
+
+@pytest.fixture
+def parent(client: Client, movie: tuple[Path, np.ndarray], people: dict[str, Client]) -> np.ndarray:
+    client.register_dataset(PARENT, str(movie[0]), access="private")
+    client.grant(PARENT, "rosa")
+    return movie[1]
+
+
+def derive_spec(name: str | None = "rosa/centred", **params: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "dataset": PARENT,
+        "select": {"t": [10, 74]},
+        "analysis": {"entrypoint": "derive:smooth", "params": params},
+    }
+    if name:
+        spec["outputs"] = {"centred": {"name": name}}
+    return spec
+
+
+def run(api: Client, spec: dict[str, Any], code: Path) -> dict[str, Any]:
+    job = api.submit(spec, code=code)
+    return api.wait(job["id"], timeout=150)
+
+
+def test_an_output_becomes_a_derived_dataset_that_the_next_job_reads(
+    people: dict[str, Client], parent: np.ndarray, code: Path, settings: Settings
+) -> None:
+    rosa = people["rosa"]
+    done = run(rosa, derive_spec(labels=True), code)
+    assert done["state"] == "succeeded", done["error"]
+    assert "kept 2 output(s) next to the data" in done["reason"]
+    kept = {o["key"]: o for o in done["outputs"]}
+    assert kept["centred"]["dataset"] == "rosa/centred"
+    assert kept["mask"]["dataset"] == f"derived/{done['id']}/mask"
+    # Outputs do not leave: only the small result and the provenance count as egress.
+    assert done["bytes_returned"] < 4096
+    assert rosa.result(done["id"], "frames") == 64
+
+    derived = rosa.dataset("rosa/centred")
+    assert derived["format"] == "ome-ngff-0.5" and derived["access"] == "private"
+    assert derived["owner"] == "rosa" and derived["derived_from_job"] == done["id"]
+    assert derived["size"] > 0 and derived["size"] == kept["centred"]["bytes"]
+    lineage = derived["lineage"]
+    assert lineage["parents"][0]["name"] == PARENT
+    assert lineage["parents"][0]["selection"] == {"t": [10, 74], "y": [0, 37], "x": [0, 29]}
+    assert lineage["spec_sha256"] == done["spec_digest"] and lineage["code_bundle_sha256"]
+
+    # Anyone with access reads it with plain zarr-python; values as NumPy computes them.
+    store = zarr.open_group(derived["url"].removeprefix("file://"), mode="r")
+    selected = parent[10:74].astype(np.float32)
+    np.testing.assert_allclose(store["0"][:], selected - selected.mean(axis=0), atol=1e-3)
+    assert store["0"].metadata.dimension_names == ("t", "y", "x")
+    label_root = Path(rosa.dataset(kept["mask"]["dataset"])["url"].removeprefix("file://"))
+    np.testing.assert_array_equal(
+        zarr.open_group(label_root, mode="r")["0"][:], (parent[10:74] > 2000).astype(np.uint32)
+    )
+    models = validate(Path(derived["url"].removeprefix("file://")), label_root)
+    assert [m.get("model") for m in models] == ["Image", "ImageLabel"], models
+
+    # The next step runs on the derived dataset, and its lineage reaches back.
+    second = rosa.submit(
+        {"dataset": "rosa/centred", "analysis": {"entrypoint": "derive:mean"}}, code=code
+    )
+    second = rosa.wait(second["id"], timeout=120)
+    assert second["state"] == "succeeded", second["error"]
+    np.testing.assert_allclose(rosa.result(second["id"], "mean"), 0, atol=1e-3)
+
+    runner = CliRunner()
+    env = {"INSITU_URL": rosa.url, "INSITU_TOKEN": rosa.token or ""}
+    shown = runner.invoke(app, ["lineage", "rosa/centred"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert "rosa/centred" in shown.output and PARENT in shown.output
+    assert done["id"] in shown.output and "t 10:74" in shown.output
+    detail = runner.invoke(app, ["datasets", "show", "rosa/centred"], env=env)
+    assert f"derived by job {done['id']}" in detail.output
+    status = runner.invoke(app, ["status"], env=env)
+    assert status.exit_code == 0 and "derived data" in status.output
+
+    # A name taken is refused at submit, before anything runs.
+    with pytest.raises(Conflict, match="rosa/centred' exists already"):
+        rosa.submit(derive_spec(), code=code)
+
+
+def test_derived_data_is_never_more_open_than_its_parent(
+    people: dict[str, Client], parent: np.ndarray, code: Path
+) -> None:
+    rosa, bob, admin = people["rosa"], people["bob"], people["admin"]
+    done = run(rosa, derive_spec(), code)
+    assert done["state"] == "succeeded", done["error"]
+    # Rosa shares her derived dataset with bob, who may not read the private parent.
+    rosa.grant("rosa/centred", "bob")
+    with pytest.raises(PermissionDenied, match=r"derived from dataset 'lab/movie'"):
+        bob.dataset("rosa/centred")
+    assert "rosa/centred" not in {d["name"] for d in bob.datasets()}
+    with pytest.raises(PermissionDenied, match="never more open than its parents"):
+        bob.submit({"dataset": "rosa/centred", "analysis": {"entrypoint": "derive:mean"}})
+    rosa.set_access("rosa/centred", "public")
+    with pytest.raises(PermissionDenied):
+        bob.dataset("rosa/centred")
+    # Only the parent's owner may release it; then its own rule decides.
+    with pytest.raises(PermissionDenied, match="only the owner of 'lab/movie'"):
+        rosa.release_dataset("rosa/centred")
+    admin.release_dataset("rosa/centred")
+    assert bob.dataset("rosa/centred")["released"] is True
+    # Bob's own lineage view names the parent but cannot open it.
+    chain = bob.lineage("rosa/centred")
+    assert [c["name"] for c in chain] == ["rosa/centred"]
+
+
+def test_storage_quota_retention_and_deletion(
+    people: dict[str, Client],
+    parent: np.ndarray,
+    code: Path,
+    server: BackgroundServer,
+    settings: Settings,
+) -> None:
+    """A course's participants' derived data counts against the course's storage quota, and
+    expires after the course's retention period."""
+    admin = people["admin"]
+    course = admin.create_course(
+        "summer",
+        [{"name": "Cara", "email": "cara@example.org", "username": "cara"}],
+        datasets=[PARENT],
+        quota="storage=10MiB,course-storage=2KiB,retention=30d",
+    )
+    cara = Client(server.url, course["created"][0]["token"])
+    done = run(cara, derive_spec("cara/centred"), code)
+    assert done["state"] == "failed" and done["error_kind"] == "invalid_outputs"
+    assert "over the course's storage quota of 2.0 kB" in done["error"], done["error"]
+    assert not list((settings.home / "jobs" / done["id"]).glob("outputs/*")), "not kept"
+    assert cara.storage() == {
+        "used": 0,
+        "quota": 10 << 20,
+        "course": "summer",
+        "course_used": 0,
+        "course_quota": 2048,
+    }
+    assert "cara/centred" not in {d["name"] for d in cara.datasets()}
+
+    autumn = admin.create_course(
+        "autumn",
+        [{"name": "Dan", "email": "dan@example.org", "username": "dan"}],
+        datasets=[PARENT],
+        quota="storage=10MiB,retention=30d",
+    )
+    dan = Client(server.url, autumn["created"][0]["token"])
+    done = run(dan, derive_spec("dan/centred"), code)
+    assert done["state"] == "succeeded", done["error"]
+    kept = dan.dataset("dan/centred")
+    expires = datetime.fromisoformat(kept["expires_at"])
+    assert timedelta(days=29.9) < expires - datetime.now(UTC) <= timedelta(days=30)
+    assert dan.storage()["course_used"] == kept["size"] > 0
+    database = Database(settings.resolved_database_url)
+    with database.session() as session:  # the dispatcher's sweep, a month on
+        assert derived.expire(session, settings, datetime.now(UTC)) == []
+        assert derived.expire(session, settings, expires + timedelta(seconds=1)) == ["dan/centred"]
+    database.engine.dispose()
+    assert not Path(kept["url"].removeprefix("file://")).exists()
+    assert dan.storage()["course_used"] == 0
+    dan.close()
+    cara.close()
+
+    rosa = people["rosa"]
+    done = run(rosa, derive_spec(), code)
+    assert done["state"] == "succeeded", done["error"]
+    used = rosa.storage()
+    assert used["used"] == done["outputs"][0]["bytes"] > 0 and used["quota"] is None
+    url = rosa.dataset("rosa/centred")["url"]
+    with pytest.raises(PermissionDenied, match="only its owner or an admin"):
+        people["bob"].delete_dataset("rosa/centred")
+    with pytest.raises(PermissionDenied, match="insitu deletes only derived datasets"):
+        admin.delete_dataset(PARENT)
+    rosa.delete_dataset("rosa/centred")
+    assert not Path(url.removeprefix("file://")).exists()
+    assert rosa.storage()["used"] == 0
+    assert "rosa/centred" not in {d["name"] for d in rosa.datasets()}
+    again = run(rosa, derive_spec(), code)  # the name is free again
+    assert again["state"] == "succeeded", again["error"]
+    cara.close()
+
+
+def test_cli_says_what_is_wrong_without_a_traceback(
+    people: dict[str, Client], parent: np.ndarray
+) -> None:
+    env = {"INSITU_URL": people["bob"].url, "INSITU_TOKEN": people["bob"].token or ""}
+    result = CliRunner().invoke(app, ["lineage", PARENT], env=env)
+    assert_one_error_line(result, "may not read dataset 'lab/movie'")
+    result = CliRunner().invoke(app, ["datasets", "delete", "nope/none"], env=env)
+    assert_one_error_line(result, "'nope/none' is not registered")
+
+
+def test_outputs_a_job_forges_are_refused_and_removed(
+    people: dict[str, Client], parent: np.ndarray, tmp_path: Path, settings: Settings
+) -> None:
+    """A job that writes its outputs folder by hand: a link to the server's files, a stray
+    file, an unknown codec. None becomes a dataset, and nothing is left behind."""
+    folder = tmp_path / "forge_code"
+    folder.mkdir()
+    (folder / "forge.py").write_text(FORGER)
+    for trick, expected in (
+        ("link", "symbolic link"),
+        ("stray", "is not part of an output"),
+        ("codec", "codecs insitu does not read"),
+        ("version", "is not an OME-Zarr 0.5 image"),
+    ):
+        spec = {
+            "dataset": PARENT,
+            "analysis": {"entrypoint": "forge:forge", "params": {"trick": trick}},
+        }
+        done = run(people["rosa"], spec, folder)
+        assert done["state"] == "failed", (trick, done)
+        assert done["error_kind"] == "invalid_outputs" and expected in done["error"], done
+        assert not list((settings.home / "jobs" / done["id"]).glob("outputs/*"))
+    assert not [d for d in people["rosa"].datasets() if d.get("derived_from_job")]
+
+
+FORGER = """
+import json
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import insitu
+
+GROUP = {"zarr_format": 3, "node_type": "group", "attributes": {"ome": {"version": "0.5"}}}
+
+
+def forge(data, *, context, trick):
+    # The local runner is 'python -m insitu.runtime WORKSPACE_URL': its outputs folder.
+    outputs = Path(urlsplit(sys.argv[1]).path) / "outputs"
+    fake = outputs / "fake.ome.zarr"
+    fake.mkdir(parents=True, exist_ok=True)
+    if trick == "link":
+        (fake / "zarr.json").write_text(json.dumps(GROUP))
+        os.symlink("/etc/passwd", fake / "stolen")
+    elif trick == "stray":
+        (outputs / "notes.txt").write_text("not an output")
+    elif trick == "codec":
+        (fake / "zarr.json").write_text(json.dumps(GROUP))
+        (fake / "0").mkdir()
+        array = {"zarr_format": 3, "node_type": "array", "shape": [1], "data_type": "uint8",
+                 "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1]}},
+                 "chunk_key_encoding": {"name": "default"}, "fill_value": 0,
+                 "codecs": [{"name": "bytes"}, {"name": "evil-codec"}]}
+        (fake / "0" / "zarr.json").write_text(json.dumps(array))
+    elif trick == "version":
+        old = {**GROUP, "attributes": {"ome": {"version": "0.4"}}}
+        (fake / "zarr.json").write_text(json.dumps(old))
+    return {"real": insitu.Output(data[:8])}
+"""
+
+
+# -- on S3 (SeaweedFS) ------------------------------------------------------------------------
+
+
+@pytest.mark.s3
+def test_outputs_on_s3_are_kept_beside_the_data_and_read_by_the_next_job(
+    s3_settings: Settings, s3_movie: tuple[str, np.ndarray], code: Path
+) -> None:
+    from zarr.storage import FsspecStore
+
+    from insitu import objectstore
+
+    server = BackgroundServer(s3_settings).start()
+    try:
+        with Client(server.url, s3_settings.admin_token_path.read_text().strip()) as admin:
+            url, data = s3_movie
+            admin.register_dataset(PARENT, url, access="private")
+            done = run(admin, derive_spec("lab/centred", labels=True), code)
+            assert done["state"] == "succeeded", done["error"]
+            derived_set = admin.dataset("lab/centred")
+            assert derived_set["url"].startswith("s3://") and "/outputs/" in derived_set["url"]
+            assert derived_set["size"] == done["outputs"][0]["bytes"] > 0
+            store = FsspecStore.from_url(
+                derived_set["url"],
+                storage_options=objectstore.platform_options(s3_settings, derived_set["url"]),
+            )
+            group = zarr.open_group(store, mode="r")
+            selected = data[10:74].astype(np.float32)
+            np.testing.assert_allclose(group["0"][:], selected - selected.mean(axis=0), atol=1e-3)
+            assert group.attrs["ome"]["version"] == "0.5"
+
+            second = admin.submit(
+                {"dataset": "lab/centred", "analysis": {"entrypoint": "derive:mean"}}, code=code
+            )
+            second = admin.wait(second["id"], timeout=120)
+            assert second["state"] == "succeeded", second["error"]
+            np.testing.assert_allclose(admin.result(second["id"], "mean"), 0, atol=1e-3)
+            assert admin.lineage("lab/centred")[1]["name"] == PARENT
+            admin.delete_dataset("lab/centred")
+            fs = objectstore.workspace(s3_settings, derived_set["url"]).fs
+            fs.invalidate_cache()
+            root = derived_set["url"].removeprefix("s3://")
+            assert not [key for key in fs.find(root) if key.startswith(root + "/")]
+    finally:
+        server.stop()
