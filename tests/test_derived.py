@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import zarr
@@ -219,6 +220,15 @@ def test_an_output_becomes_a_derived_dataset_that_the_next_job_reads(
     assert f"derived by job {done['id']}" in detail.output
     status = runner.invoke(app, ["status"], env=env)
     assert status.exit_code == 0 and "derived data" in status.output
+    page = httpx.get(
+        f"{rosa.url}/ui/datasets/rosa/centred", cookies={"insitu_token": rosa.token or ""}
+    )
+    assert page.status_code == 200, page.text
+    assert (
+        f'href="/ui/jobs/{done["id"]}"' in page.text
+        and 'href="/ui/datasets/lab/movie"' in page.text
+    )
+    assert "only for those who may read every parent" in page.text
 
     # A name taken is refused at submit, before anything runs.
     with pytest.raises(Conflict, match="rosa/centred' exists already"):
