@@ -16,13 +16,13 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-from helpers import assert_one_error_line, missing
+from helpers import assert_one_error_line, missing, wait_for
 from insitu.catalog import ArrayInfo
 from insitu.cli.main import app
 from insitu.client import Client
 from insitu.config import Settings
 from insitu.db.engine import Database
-from insitu.errors import AnalysisFailed, Conflict, PermissionDenied
+from insitu.errors import AnalysisFailed, Conflict, InvalidInput, NotFound, PermissionDenied
 from insitu.runtime.outputs import Output, layout, ome_attributes
 from insitu.server import BackgroundServer
 from insitu.services import derived
@@ -48,6 +48,13 @@ def smooth(data, *, context, labels=False):
 
 def mean(data, *, context):
     return {"mean": data.astype("float64").mean(axis=0)}
+
+
+def slow_keep(data, *, context, seconds=3.0):
+    import time
+
+    time.sleep(seconds)
+    return {"kept": insitu.Output(data[:4])}
 
 '''
 
@@ -403,6 +410,144 @@ def forge(data, *, context, trick):
         (fake / "zarr.json").write_text(json.dumps(old))
     return {"real": insitu.Output(data[:8])}
 """
+
+
+# -- pipelines ---------------------------------------------------------------------------------
+
+PIPELINE = f"""
+apiVersion: insitu/v1
+kind: Pipeline
+name: centre-then-average
+steps:
+  - name: centre
+    dataset: {PARENT}
+    select: {{t: [10, 74]}}
+    analysis: {{entrypoint: derive:smooth}}
+    outputs: {{centred: {{name: rosa/piped}}}}
+  - name: average
+    dataset: step:centre/centred
+    analysis: {{entrypoint: derive:mean}}
+"""
+
+
+def step(dataset: str, function: str, **params: Any) -> dict[str, Any]:
+    """A spec running ``derive:function`` on ``dataset``."""
+    return {"dataset": dataset, "analysis": {"entrypoint": f"derive:{function}", "params": params}}
+
+
+def test_a_pipeline_file_runs_its_steps_in_order_through_the_cli(
+    people: dict[str, Client], parent: np.ndarray, code: Path, tmp_path: Path
+) -> None:
+    rosa = people["rosa"]
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(PIPELINE)
+    env = {"INSITU_URL": rosa.url, "INSITU_TOKEN": rosa.token or ""}
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["submit", str(pipeline), "--code", str(code), "--wait", "--json"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    centre, average = json.loads(result.stdout)
+    assert centre["state"] == average["state"] == "succeeded", (centre, average)
+    assert average["dataset"] == "rosa/piped"
+    assert average["input"] == {
+        "job": centre["id"],
+        "output": "centred",
+        "resolved": True,
+        "dataset": "rosa/piped",
+    }
+    assert average["spec"]["dataset"] == f"job:{centre['id']}/centred"
+    np.testing.assert_allclose(rosa.result(average["id"], "mean"), 0, atol=1e-3)
+    shown = runner.invoke(app, ["status", average["id"]], env=env)
+    assert f"output 'centred' of job {centre['id']} -> rosa/piped" in shown.output
+
+
+def test_a_job_waits_for_its_parent_and_fails_naming_the_parents_failure(
+    people: dict[str, Client], parent: np.ndarray, code: Path
+) -> None:
+    rosa = people["rosa"]
+    slow = rosa.submit(
+        {
+            "dataset": PARENT,
+            "analysis": {"entrypoint": "derive:slow_keep", "params": {"seconds": 30}},
+        },
+        code=code,
+    )
+    child = rosa.submit(
+        {"dataset": f"job:{slow['id']}/kept", "analysis": {"entrypoint": "derive:mean"}},
+        code=code,
+    )
+    assert child["state"] == "queued" and child["dataset"] == f"job:{slow['id']}/kept"
+    assert child["input"]["resolved"] is False
+    waiting = wait_for(
+        lambda: (j := rosa.job(child["id"]))["reason"] and "running" in j["reason"] and j, 60
+    )
+    assert f"waiting for job {slow['id']} (running) to write its output 'kept'" in waiting["reason"]
+    with pytest.raises(InvalidInput, match="does not exist yet: waiting for job"):
+        rosa.plan({"dataset": f"job:{slow['id']}/kept", "analysis": {"entrypoint": "derive:mean"}})
+    rosa.cancel(slow["id"])
+    failed = rosa.wait(child["id"], timeout=60)
+    assert failed["state"] == "failed" and failed["error_kind"] == "input_failed"
+    assert f"output 'kept' of job {slow['id']}, will never exist" in failed["error"]
+    assert "cancelled" in failed["error"]
+    # A parent that ended already is refused at submit, saying why.
+    with pytest.raises(Conflict, match="will never exist"):
+        rosa.submit(
+            {"dataset": f"job:{slow['id']}/kept", "analysis": {"entrypoint": "derive:mean"}}
+        )
+
+    # A parent that succeeds without the output named: the child fails saying what it has.
+    quick = rosa.submit(
+        {
+            "dataset": PARENT,
+            "analysis": {"entrypoint": "derive:slow_keep", "params": {"seconds": 2}},
+        },
+        code=code,
+    )
+    orphan = rosa.submit(
+        {"dataset": f"job:{quick['id']}/other", "analysis": {"entrypoint": "derive:mean"}},
+        code=code,
+    )
+    orphan = rosa.wait(orphan["id"], timeout=120)
+    assert orphan["state"] == "failed", orphan
+    assert "does not exist: the job succeeded with outputs 'kept'" in orphan["error"]
+
+
+def test_pipelines_and_output_references_are_checked_before_anything_runs(
+    people: dict[str, Client], parent: np.ndarray, code: Path
+) -> None:
+    rosa, bob = people["rosa"], people["bob"]
+    backwards = {
+        "kind": "Pipeline",
+        "steps": [
+            {"name": "a", "dataset": "step:b/x", "analysis": {"entrypoint": "derive:mean"}},
+            {"name": "b", "dataset": PARENT, "analysis": {"entrypoint": "derive:mean"}},
+        ],
+    }
+    with pytest.raises(InvalidInput, match="no earlier step is named 'b'"):
+        rosa.submit_pipeline(backwards, code=code)
+    broken = {
+        "kind": "Pipeline",
+        "steps": [
+            {"name": "a", "dataset": PARENT, "analysis": {"entrypoint": "derive:smooth"}},
+            {"name": "b", "dataset": "no/such", "analysis": {"entrypoint": "derive:mean"}},
+        ],
+    }
+    with pytest.raises(NotFound, match="pipeline step 'b': dataset 'no/such' is not registered"):
+        rosa.submit_pipeline(broken, code=code)
+    assert rosa.jobs() == [], "nothing of a refused pipeline is submitted"
+    with pytest.raises(InvalidInput, match="names a step of a pipeline file"):
+        rosa.submit({"dataset": "step:a/x", "analysis": {"entrypoint": "derive:mean"}})
+    mine = rosa.submit(
+        {
+            "dataset": PARENT,
+            "analysis": {"entrypoint": "derive:slow_keep", "params": {"seconds": 1}},
+        },
+        code=code,
+    )
+    with pytest.raises(PermissionDenied, match=f"job {mine['id']} belongs to another user"):
+        bob.submit({"dataset": f"job:{mine['id']}/kept", "analysis": {"entrypoint": "derive:mean"}})
+    rosa.wait(mine["id"], timeout=120)
 
 
 # -- on S3 (SeaweedFS) ------------------------------------------------------------------------

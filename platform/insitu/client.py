@@ -308,6 +308,20 @@ class Client:
             "POST", "/v1/jobs", json=self._spec_body(spec, code, bundle)
         )
 
+    def submit_pipeline(
+        self,
+        pipeline: dict[str, Any] | str | Path,
+        *,
+        code: str | Path | None = None,
+        bundle: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Submit every step of a pipeline (a dict, YAML text or a file path), one code
+        bundle for all; the jobs, in order. A step reading an earlier one's output
+        (``dataset: step:<name>/<output>``) waits until that output exists."""
+        body = self._spec_body(pipeline, code, bundle)
+        body = {"pipeline": body.pop("spec"), **body}
+        return self._json("POST", "/v1/pipelines", json=body)["data"]  # type: ignore[no-any-return]
+
     def plan(
         self,
         spec: dict[str, Any] | str | Path,

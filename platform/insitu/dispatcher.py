@@ -37,7 +37,7 @@ from insitu.db.engine import Database, unavailable
 from insitu.db.models import Course, Job, User, utcnow
 from insitu.errors import BackendBusy
 from insitu.runtime.workspace import Progress, Workspace, WorkspaceFull
-from insitu.services import derived, fairshare, quotas
+from insitu.services import derived, fairshare, inputs, quotas
 from insitu.services.jobs import write_inputs
 from insitu.spec import Resources
 from insitu.states import JobState
@@ -191,7 +191,11 @@ class Dispatcher:
         now, until = self._lease_until()
         with self.db.session() as session:
             candidates = queries.queued_candidates(session, max(room * 25, 200), per_owner=room)
+            candidates, resolved = self._inputs_ready(session, candidates)
             if not candidates:
+                session.commit()
+                for job_id in resolved:
+                    self.on_change(job_id)
                 return []
             owners = sorted({job.owner_id for job in candidates})
             usage = {
@@ -204,7 +208,7 @@ class Dispatcher:
             }
             decision = fairshare.pick(candidates, room, usage, now)
             by_id = {job.id: job for job in candidates}
-            changed = [job.id for job in decision.admit] + list(decision.expired)
+            changed = [job.id for job in decision.admit] + list(decision.expired) + resolved
             for job_id, reason in decision.waiting.items():
                 if by_id[job_id].reason != reason:
                     by_id[job_id].reason = reason
@@ -222,6 +226,25 @@ class Dispatcher:
             for job_id in changed:
                 self.on_change(job_id)
             return decision.admit
+
+    @staticmethod
+    def _inputs_ready(session: Session, candidates: list[Job]) -> tuple[list[Job], list[str]]:
+        """The candidates whose input exists; the others wait (saying for which job) or,
+        when their parent job ended without the output, fail naming its failure."""
+        ready: list[Job] = []
+        changed: list[str] = []
+        for job in candidates:
+            resolution = inputs.resolve_waiting(session, job)
+            if resolution.state == "ready":
+                ready.append(job)
+            elif resolution.state == "failed":
+                job.error, job.error_kind = resolution.reason, "input_failed"
+                queries.transition(session, job, JobState.FAILED, resolution.reason)
+                changed.append(job.id)
+            elif job.reason != resolution.reason:
+                job.reason = resolution.reason
+                changed.append(job.id)
+        return ready, changed
 
     def _apply(self, job_id: str, to: JobState | None, reason: str = "", **fields: object) -> None:
         """Update fields of a job and move it to ``to``, in one transaction. With no move

@@ -56,6 +56,13 @@ RESULT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
 MAX_DATASET_NAME = 200
 MAX_OUTPUTS = 16
+MAX_STEPS = 16
+#: Another job's output as a job's input: ``job:<id>/<output>``, or in a pipeline file
+#: ``step:<step name>/<output>``.
+INPUT_REF = re.compile(
+    r"^(?P<kind>job|step):(?P<ref>[A-Za-z0-9][A-Za-z0-9._-]{0,62})/"
+    r"(?P<key>[A-Za-z0-9][A-Za-z0-9_.-]{0,99})$"
+)
 #: Largest spec accepted, as text and once YAML aliases are expanded (params included).
 MAX_SPEC_BYTES = 256 * 1024
 #: Most YAML aliases (``*name``) in one spec, and deepest nesting of its values.
@@ -147,7 +154,10 @@ class JobSpec(_Strict):
     name: str | None = Field(
         None, description="Short name for people (lower case, digits, '.', '_', '-')."
     )
-    dataset: str = Field(description="Catalog name of the dataset, e.g. 'ophys/session-001'.")
+    dataset: str = Field(
+        description="Catalog name of the dataset, e.g. 'ophys/session-001'; or another "
+        "job's output, 'job:<id>/<output>' (in a pipeline, 'step:<name>/<output>')."
+    )
     array: str | None = Field(
         None, description="Array path inside the dataset; default is the full-resolution level."
     )
@@ -220,6 +230,38 @@ class JobSpec(_Strict):
     def digest(self) -> str:
         """SHA-256 of the canonical spec, recorded in every result's provenance."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+class Pipeline(_Strict):
+    """A short list of jobs, each step able to read an earlier step's output."""
+
+    api_version: Literal["insitu/v1"] = Field("insitu/v1", alias="apiVersion")
+    kind: Literal["Pipeline"]
+    name: str | None = Field(None, description="Short name for people.")
+    steps: list[JobSpec] = Field(
+        min_length=1,
+        max_length=MAX_STEPS,
+        description="The jobs, in order; each needs a name, and a step reads an earlier "
+        "one's output as dataset 'step:<name>/<output>'.",
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_refer_back(cls, steps: list[JobSpec]) -> list[JobSpec]:
+        seen: set[str] = set()
+        for number, step in enumerate(steps):
+            if step.name is None:
+                raise ValueError(f"step {number + 1} needs a name, e.g. name: correct")
+            if step.name in seen:
+                raise ValueError(f"two steps are named {step.name!r}")
+            ref = INPUT_REF.match(step.dataset)
+            if ref and ref["kind"] == "step" and ref["ref"] not in seen:
+                raise ValueError(
+                    f"step {step.name!r} reads {step.dataset!r}, but no earlier step is named "
+                    f"{ref['ref']!r}; a step can read only the outputs of steps before it"
+                )
+            seen.add(step.name)
+        return steps
 
 
 def format_validation_error(error: ValidationError, root: str = "spec") -> str:
@@ -306,6 +348,19 @@ def check_spec_size(data: Any) -> None:
                 f"job spec expands to more than {MAX_SPEC_BYTES:,} bytes (YAML aliases "
                 "count once per use); pass large inputs as a dataset or a code bundle"
             )
+
+
+def load_document(source: str | bytes | dict[str, Any]) -> JobSpec | Pipeline:
+    """A job spec, or a pipeline file (``kind: Pipeline``), with readable errors."""
+    data = _parse_text(source) if isinstance(source, bytes | str) else source
+    if isinstance(data, dict) and data.get("kind") == "Pipeline":
+        check_spec_size(data)
+        try:
+            return Pipeline.model_validate(data)
+        except ValidationError as exc:
+            text = format_validation_error(exc, root="pipeline")
+            raise InvalidInput(text.replace("invalid job spec", "invalid pipeline", 1)) from None
+    return load_spec(data)
 
 
 def load_spec(source: str | bytes | dict[str, Any]) -> JobSpec:

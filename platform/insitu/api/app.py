@@ -28,6 +28,7 @@ from insitu.api.routes import (
     datasets,
     health,
     jobs,
+    pipelines,
     plans,
     url_roots,
     users,
@@ -212,7 +213,7 @@ def create_app(
         BodyLimit, max_bytes=settings.limits.max_request_bytes, exempt=("/v1/bundles",)
     )
     app.include_router(health.router, responses=ERROR_RESPONSES)
-    routers = (jobs, plans, datasets, url_roots, bundles, users, audit, courses)
+    routers = (jobs, pipelines, plans, datasets, url_roots, bundles, users, audit, courses)
     for module in routers:
         app.include_router(module.router, prefix="/v1", responses=ERROR_RESPONSES)
     app.include_router(pages.router)

@@ -22,6 +22,18 @@ class JobCreate(BaseModel):
     )
 
 
+class PipelineCreate(BaseModel):
+    """A pipeline submission: its file (as parsed YAML/JSON, or its text) and a bundle of
+    code every step may use."""
+
+    pipeline: dict[str, Any] | str = Field(
+        description="The pipeline: kind Pipeline and its steps, as an object or YAML text."
+    )
+    code_bundle: str | None = Field(
+        None, description="SHA-256 of a bundle uploaded to /v1/bundles."
+    )
+
+
 class Progress(BaseModel):
     chunks_done: int
     chunks_total: int
@@ -83,11 +95,18 @@ class JobPublic(BaseModel):
         default_factory=list,
         description="Outputs kept next to the data, as derived datasets: key, dataset, bytes.",
     )
+    input: dict[str, Any] | None = Field(
+        None,
+        description="For a job reading another job's output: that job, the output's key, "
+        "whether it exists yet and the dataset it became.",
+    )
     bytes_scanned_source: str | None = Field(None, description="How the server counted them.")
     core_seconds_source: str | None = Field(None, description="How the backend measured them.")
 
     @classmethod
     def of(cls, job: Job) -> JobPublic:
+        pending = (job.accounting or {}).get("input")
+        waiting = bool(pending and not pending.get("resolved"))
         axes: list[str] = next(
             (a["axes"] for a in job.dataset.info["arrays"] if a["path"] == job.array_path), []
         )
@@ -95,7 +114,7 @@ class JobPublic(BaseModel):
             id=job.id,
             name=job.name,
             owner=job.owner.name,
-            dataset=job.dataset.name,
+            dataset=job.dataset.name if not waiting else job.spec.get("dataset", ""),
             array=job.array_path,
             selection={axis: list(r) for axis, r in zip(axes, job.ranges, strict=False)},
             state=job.state,
@@ -119,6 +138,7 @@ class JobPublic(BaseModel):
             results=[ResultPublic.model_validate(r) for r in job.results],
             egress=EgressPublic(**(egress := egress_of(job)).to_json(), used=egress.used),
             outputs=list((job.accounting or {}).get("outputs") or []),
+            input=pending,
             bytes_scanned_source=(job.accounting or {}).get("bytes_scanned_source"),
             core_seconds_source=(job.accounting or {}).get("core_seconds_source"),
         )

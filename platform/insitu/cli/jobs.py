@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.text import Text
 
 from insitu.cli import output
@@ -67,7 +68,13 @@ def submit(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Submit a job spec, optionally with a folder of code."""
+    """Submit a job spec, or a pipeline file (kind: Pipeline), optionally with a folder of
+    code."""
+    if _is_pipeline(spec):
+        if dry_run:
+            raise fail("--dry-run plans one job spec; plan a pipeline's first step on its own")
+        _submit_pipeline(spec, code, wait=wait, as_json=as_json)
+        return
     if dry_run:
         plan(spec, code=code, as_json=as_json)
         return
@@ -95,6 +102,47 @@ def submit(
         f"[{output.selection_text(job)}], {job['state']}"
     )
     out.print(f"follow it with: insitu status {job['id']}  or  insitu logs {job['id']} --follow")
+
+
+def _is_pipeline(path: Path) -> bool:
+    """Whether a spec file is a pipeline file (``kind: Pipeline``); the server checks it."""
+    try:
+        head = yaml.safe_load(path.read_text()[: 256 << 10])
+    except (OSError, yaml.YAMLError):
+        return False  # the server says what is wrong with it
+    return isinstance(head, dict) and head.get("kind") == "Pipeline"
+
+
+def _submit_pipeline(path: Path, code: Path | None, *, wait: bool, as_json: bool) -> None:
+    with connect() as client:
+        submitted = client.submit_pipeline(path, code=code)
+        ids = [job["id"] for job in submitted]
+        if not as_json:
+            out = output.stderr() if wait else output.stdout()
+            for job in submitted:
+                waits = f" ({job['reason']})" if job.get("reason") else ""
+                out.print(f"submitted job {job['id']} ({job['name']}) on {job['dataset']}{waits}")
+        if wait:
+            try:
+                done = [client.wait(i) for i in ids] if as_json else output.watch(client, ids)
+            except KeyboardInterrupt:
+                output.stderr().print(
+                    "\nstopped watching; the jobs go on ('insitu cancel JOB' stops one)"
+                )
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+            submitted = done
+    if as_json:
+        output.print_json(submitted)
+    elif wait:
+        for job in submitted:
+            output.stdout().print(output.summary_line(job))
+    else:
+        output.stdout().print("follow them with: insitu status  or  insitu status JOB")
+    failed = [job for job in submitted if job["state"] != JobState.SUCCEEDED.value]
+    if wait and failed:
+        first = failed[0]
+        why = first.get("error") or first.get("reason")
+        raise fail(f"job {first['id']} ({first['name']}) {first['state']}: {why}")
 
 
 def plan(

@@ -218,6 +218,10 @@ def job_table(job: dict[str, Any]) -> Table:
         ("submitted", local_time(job["created_at"])),
         ("results", ", ".join(r["filename"] for r in job["results"]) or "-"),
     ]
+    pending = job.get("input")
+    if pending:
+        became = f" -> {pending['dataset']}" if pending.get("dataset") else " (not written yet)"
+        rows.append(("input", f"output {pending['output']!r} of job {pending['job']}{became}"))
     if job.get("outputs"):
         kept = ", ".join(
             f"{o['key']} -> {o['dataset']} ({format_size(o['bytes'])})" for o in job["outputs"]

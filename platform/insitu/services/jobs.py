@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from typing import Any
 
-import numpy as np
 from sqlalchemy.orm import Session
 
 from insitu import __version__, objectstore
@@ -19,13 +17,13 @@ from insitu.db import queries
 from insitu.db.models import Dataset, Job, User
 from insitu.errors import Conflict, InvalidInput, LimitReached, NotFound, PermissionDenied
 from insitu.runtime.workspace import CODE_FILE, JOB_FILE, JobInput
-from insitu.services import access, derived, quotas
+from insitu.services import access, derived, inputs, quotas
 from insitu.services.auth import Role
 from insitu.services.bundles import BundleStore
 from insitu.services.datasets import info_of
+from insitu.services.inputs import Waiting
 from insitu.spec import JobSpec, load_spec
 from insitu.states import JobState
-from insitu.trusted import scan
 from insitu.units import format_duration, format_size
 
 
@@ -109,40 +107,48 @@ def check_target(
     spec: JobSpec,
     code_bundle: str | None = None,
     backend: Backend | None = None,
-) -> tuple[Dataset, ArrayInfo, list[tuple[int, int]]]:
-    """What a spec reads, checked: its dataset (``owner`` may read it), array and selection;
-    its code, image and resources (this backend can run them)."""
-    dataset = queries.dataset_by_name(session, spec.dataset)
-    access.require_read(session, owner, dataset)
+) -> tuple[Dataset | Waiting, ArrayInfo | None, list[tuple[int, int]]]:
+    """What a spec reads, checked: its dataset (``owner`` may read it), array and selection,
+    or the unfinished job whose output it waits for (array and selection are checked when
+    that exists); its code, image and resources (this backend can run them)."""
+    source = inputs.input_of(session, owner, spec.dataset)
     check_local_trust(spec, settings, owner, code_bundle is not None)
-    info = info_of(dataset)
-    array = info.array(spec.array, dataset=f"dataset {dataset.name!r}")
-    ranges = resolve_selection(array, spec.select, dataset=f"dataset {dataset.name!r}")
+    array: ArrayInfo | None = None
+    ranges: list[tuple[int, int]] = []
+    if isinstance(source, Dataset):
+        array = info_of(source).array(spec.array, dataset=f"dataset {source.name!r}")
+        selected = resolve_selection(array, spec.select, dataset=f"dataset {source.name!r}")
+        ranges = [(int(a), int(b)) for a, b in selected]
     if code_bundle is not None:
         BundleStore(settings).require(session, owner, code_bundle)
     if backend is not None:
         backend.check_image(spec.analysis.image)
         backend.check_resources(spec.resources)
-    return dataset, array, [(int(a), int(b)) for a, b in ranges]
+    return source, array, ranges
 
 
 def submit(
     session: Session,
     settings: Settings,
     owner: User,
-    raw_spec: dict[str, Any] | str,
+    raw_spec: dict[str, Any] | str | JobSpec,
     code_bundle: str | None = None,
     backend: Backend | None = None,
+    *,
+    commit: bool = True,
 ) -> Job:
-    """Validate a spec against the catalog (and its image against the backend); queue it."""
-    spec = load_spec(raw_spec)
+    """Validate a spec against the catalog (and its image against the backend); queue it.
+
+    A job whose input is another job's output waits in ``queued`` until that job ends.
+    """
+    spec = raw_spec if isinstance(raw_spec, JobSpec) else load_spec(raw_spec)
     check_resources(spec, settings)
     check_queue_room(session, settings, owner)
     usage = quotas.Usage()
     if quotas.quota_of(owner).core_hours is not None:  # the one part of usage a submit checks
         usage.core_seconds = queries.core_seconds_of(session, owner.id)
     quotas.check_submit(owner, spec.resources.workers, usage)
-    dataset, array, ranges = check_target(session, settings, owner, spec, code_bundle, backend)
+    source, array, ranges = check_target(session, settings, owner, spec, code_bundle, backend)
     derived.check_names_free(session, spec)
     derived.check_room(session, owner, spec)
 
@@ -151,6 +157,19 @@ def submit(
     cap = quotas.result_cap(
         owner, min(spec.limits.max_result_bytes, settings.limits.max_result_bytes)
     )
+    if isinstance(source, Waiting):  # its input is known once its parent job has ended
+        dataset = source.parent.dataset  # a stand-in the job never reads
+        fields: dict[str, Any] = {"array_path": "", "ranges": [], "bytes_selected": 0}
+        accounting: dict[str, Any] = {
+            "input": {"job": source.parent.id, "output": source.key, "resolved": False}
+        }
+        reading = f"output {source.key!r} of job {source.parent.id}, once it exists"
+    else:
+        assert array is not None
+        dataset = source
+        fields = inputs.target_fields(array, ranges)
+        accounting = inputs.target_accounting(array, ranges)
+        reading = f"{dataset.name}[{array.path}]"
     job = Job(
         id=job_id,
         name=spec.display_name(),
@@ -159,34 +178,31 @@ def submit(
         spec=spec.model_dump(mode="json", by_alias=True),
         spec_digest=spec.digest(),
         code_bundle_digest=code_bundle,
-        array_path=array.path,
-        ranges=[list(r) for r in ranges],
         state=JobState.QUEUED.value,
         backend=settings.backend,
         workspace=workspace_url,
         timeout_s=spec.limits.timeout,
         result_cap_bytes=cap,
         cores=spec.resources.cores,
-        bytes_selected=math.prod(stop - start for start, stop in ranges)
-        * np.dtype(array.dtype).itemsize,
         results=[],
-        accounting={
-            "scan_bound": scan.selection_bound(array, ranges),
-            "blocks": scan.chunks_touched(array, ranges),  # progress total
-        },
+        accounting=accounting,
+        **fields,
     )
     session.add(job)
     session.flush()
     queries.add_event(session, job, None, JobState.QUEUED, f"submitted by {owner.name}")
+    if isinstance(source, Waiting):
+        job.reason = source.reason()
     queries.add_audit(
         session,
         owner,
         "job.submit",
         job_id,
-        detail=f"{spec.analysis.entrypoint} on {dataset.name}[{array.path}]",
+        detail=f"{spec.analysis.entrypoint} on {reading}",
         nbytes=job.bytes_selected,
     )
-    session.commit()
+    if commit:
+        session.commit()
     return job
 
 

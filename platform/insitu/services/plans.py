@@ -22,8 +22,9 @@ from insitu.backends.base import Backend
 from insitu.config import Settings
 from insitu.db import queries
 from insitu.db.models import Job, User
-from insitu.errors import InsituError
+from insitu.errors import InsituError, InvalidInput
 from insitu.services import quotas
+from insitu.services.inputs import Waiting
 from insitu.services.jobs import check_resources, check_target
 from insitu.spec import load_spec
 from insitu.states import JobState
@@ -172,6 +173,12 @@ def plan_job(
     spec = load_spec(raw_spec)
     check_resources(spec, settings)
     dataset, array, ranges = check_target(session, settings, owner, spec, code_bundle, backend)
+    if isinstance(dataset, Waiting) or array is None:
+        waits = dataset.reason() if isinstance(dataset, Waiting) else "it has no array"
+        raise InvalidInput(
+            f"dataset {spec.dataset!r} does not exist yet: {waits}; plan this job "
+            "once that job has succeeded (submitting it now is fine: it waits)"
+        )
     touched = scan.chunks_touched(array, ranges)
     bound = scan.selection_bound(array, ranges)
     rates = measured_rates(session, dataset.id)
