@@ -115,7 +115,10 @@ def test_outputs_of_another_shape_must_name_their_axes() -> None:
     with pytest.raises(AnalysisFailed, match=r"has 2 axes and the input 3; name them"):
         layout("mean", Output(image), image, _source(), [(0, 100), (0, 512), (0, 512)])
     plan = layout("mean", Output(image, axes=["y", "x"], scale=[0.8, 0.8]), image, _source(), [])
-    assert plan.scale == [0.8, 0.8] and plan.units == [None, None]
+    assert plan.scale == [0.8, 0.8] and plan.units == ["micrometer", "micrometer"]
+    assert plan.translation == [0.0, 0.0]
+    window = layout("w", Output(image[10:40], axes=["y", "x"]), image[10:40], _source(), [])
+    assert window.scale == [0.8, 0.8]
     with pytest.raises(AnalysisFailed, match="labels need an integer dtype"):
         from insitu.runtime.outputs import as_dask
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from insitu.errors import InvalidInput
-from insitu.spec import JobSpec, load_spec
+from insitu.spec import JobSpec, Pipeline, load_document, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 MINIMAL = {"dataset": "ophys/session-001", "analysis": {"entrypoint": "pkg.mod:run"}}
@@ -114,10 +114,13 @@ def test_published_schema_is_in_sync() -> None:
     import sys
 
     sys.path.insert(0, str(ROOT / "jobspecs"))
-    from export_schema import SCHEMA_PATH, render
+    from export_schema import PIPELINE_SCHEMA_PATH, SCHEMA_PATH, render
 
     assert SCHEMA_PATH.read_text() == render(), (
         "jobspecs/jobspec.schema.json is out of date: run 'python jobspecs/export_schema.py'"
+    )
+    assert PIPELINE_SCHEMA_PATH.read_text() == render(pipeline=True), (
+        "jobspecs/pipeline.schema.json is out of date: run 'python jobspecs/export_schema.py'"
     )
 
 
@@ -128,8 +131,13 @@ def test_published_schema_is_in_sync() -> None:
     ids=lambda p: p.name,
 )
 def test_example_specs_are_valid(path: Path) -> None:
-    schema = json.loads((ROOT / "jobspecs" / "jobspec.schema.json").read_text())
     document = yaml.safe_load(path.read_text())
+    if document.get("kind") == "Pipeline":
+        schema = json.loads((ROOT / "jobspecs" / "pipeline.schema.json").read_text())
+        jsonschema.validate(document, schema)
+        assert isinstance(load_document(path.read_text()), Pipeline)
+        return
+    schema = json.loads((ROOT / "jobspecs" / "jobspec.schema.json").read_text())
     jsonschema.validate(document, schema)
     assert isinstance(load_spec(path.read_text()), JobSpec)
 

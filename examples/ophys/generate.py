@@ -2,11 +2,14 @@
 
 The movie is uint16 (t, y, x) at 30 Hz: a blurred background, soft disk-shaped
 neurons whose fluorescence follows spike trains convolved with a calcium decay,
-and shot noise. The ROI masks are written as an OME-NGFF label image at
-``labels/cells/0``. Frames are written one chunk of time at a time, so movies of
+optionally a diffuse neuropil glow that follows the population's activity and rigid
+motion of the whole field of view by known sub-pixel shifts per frame, and shot
+noise. The ROI masks (of the unmoved field) are written as an OME-NGFF label image
+at ``labels/cells/0``. Frames are written one chunk of time at a time, so movies of
 100,000 frames need no more memory than one chunk.
 
     python examples/ophys/generate.py OUT.zarr --frames 2000 --size 256 --cells 40
+    python examples/ophys/generate.py OUT.zarr --motion 4 --neuropil 0.3   # to correct
 """
 
 from __future__ import annotations
@@ -96,6 +99,40 @@ def _calcium(rng: np.random.Generator, frames: int, n_cells: int) -> np.ndarray:
     return activity
 
 
+def _motion(rng: np.random.Generator, frames: int, amplitude: float) -> np.ndarray:
+    """Rigid (dy, dx) shifts per frame, in pixels: a slow drift plus jitter, within
+    ``amplitude``."""
+    if amplitude <= 0:
+        return np.zeros((frames, 2))
+    drift = np.cumsum(rng.normal(0, 1, (frames, 2)), axis=0)
+    drift -= drift.mean(axis=0)
+    drift *= 0.7 * amplitude / max(float(np.abs(drift).max()), 1e-9)
+    jitter = rng.normal(0, 0.15 * amplitude, (frames, 2))
+    return np.clip(drift + jitter, -amplitude, amplitude)
+
+
+def _shifted(frames: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Each (y, x) frame moved by its sub-pixel (dy, dx), by the Fourier shift theorem."""
+    ky = np.fft.fftfreq(frames.shape[1])[:, None]
+    kx = np.fft.fftfreq(frames.shape[2])[None, :]
+    spectra = np.fft.fft2(frames)
+    phase = np.exp(
+        -2j * np.pi * (ky[None] * shifts[:, 0, None, None] + kx[None] * shifts[:, 1, None, None])
+    )
+    return np.fft.ifft2(spectra * phase).real.astype(np.float32)
+
+
+def _neuropil_field(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A smooth glow of out-of-focus neurites: a few broad Gaussian blobs, peak 1."""
+    yy, xx = np.mgrid[:height, :width].astype(np.float32)
+    field = np.zeros((height, width), np.float32)
+    for _ in range(6):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        sigma = rng.uniform(0.15, 0.35) * min(height, width)
+        field += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
+    return field / field.max()
+
+
 def generate_movie(
     url_or_path: str | Path,
     *,
@@ -106,9 +143,17 @@ def generate_movie(
     chunks: tuple[int, int, int] = (64, 256, 256),
     seed: int = 0,
     zarr_format: int = 3,
+    motion: float = 0.0,
+    neuropil: float = 0.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Write the movie at ``<store>/0`` and ROI labels at ``<store>/labels/cells/0``."""
+    """Write the movie at ``<store>/0`` and ROI labels at ``<store>/labels/cells/0``.
+
+    ``motion`` moves the whole field by up to that many pixels per frame (the truth is
+    returned as ``shifts``: frame t shows the unmoved field displaced by (dy, dx));
+    ``neuropil`` adds a diffuse glow following the population's activity, at that
+    fraction of the mean cell brightness.
+    """
     rng = np.random.default_rng(seed)
     radius = max(3.0, min(height, width) / 40)
     centers, footprints, labels = _cells(rng, height, width, n_cells, radius)
@@ -119,6 +164,9 @@ def generate_movie(
     )
     brightness = rng.uniform(250, 600, n_cells).astype(np.float32)
     flat_footprints = footprints.reshape(n_cells, -1)
+    shifts = _motion(np.random.default_rng(seed + 1), frames, motion)
+    glow = _neuropil_field(np.random.default_rng(seed + 2), height, width)
+    population = activity.mean(axis=1) / max(float(activity.mean()), 1e-9)
 
     root = zarr.open_group(str(url_or_path), mode="w", zarr_format=zarr_format)  # type: ignore[arg-type]
     root.attrs.update(_attrs(zarr_format, _multiscales("movie", AXES, [1 / FRAME_RATE, 1.0, 1.0])))
@@ -146,6 +194,11 @@ def generate_movie(
             + cells.reshape(stop - start, height, width)
             + 0.3 * brightness.mean() * (footprints.sum(axis=0) > 0)
         )
+        if neuropil > 0:
+            level = neuropil * brightness.mean() * (0.5 + 0.5 * population[start:stop])
+            mean = mean + level[:, None, None] * glow[None]
+        if motion > 0:
+            mean = np.maximum(_shifted(mean, shifts[start:stop]), 0)
         # Shot noise: Gaussian with the Poisson variance (much faster than sampling Poisson).
         noise = rng.standard_normal(mean.shape, dtype=np.float32) * np.sqrt(mean)
         block = np.clip(np.rint(mean + noise), 0, 65535).astype(np.uint16)
@@ -158,6 +211,8 @@ def generate_movie(
         "n_cells": n_cells,
         "centers": centers.round(2).tolist(),
         "nbytes": frames * height * width * 2,
+        "shifts": shifts.round(4).tolist(),
+        "labels": labels,
         "seconds": round(time.perf_counter() - started, 2),
     }
 
@@ -208,6 +263,10 @@ def main() -> None:
     parser.add_argument("--chunk-frames", type=int, default=64)
     parser.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--motion", type=float, default=0.0, help="largest shift, in pixels")
+    parser.add_argument(
+        "--neuropil", type=float, default=0.0, help="neuropil glow, as a share of cell brightness"
+    )
     args = parser.parse_args()
     truth = generate_movie(
         args.out,
@@ -218,6 +277,8 @@ def main() -> None:
         chunks=(args.chunk_frames, args.size, args.size),
         seed=args.seed,
         zarr_format=args.zarr_format,
+        motion=args.motion,
+        neuropil=args.neuropil,
     )
     print(
         f"wrote {args.out}: {truth['shape']} uint16, "

@@ -385,3 +385,12 @@ def json_schema() -> dict[str, Any]:
     schema["$id"] = "https://insitu.dev/schemas/jobspec.schema.json"
     schema["title"] = "insitu job spec"
     return schema
+
+
+def pipeline_json_schema() -> dict[str, Any]:
+    """The JSON Schema published as ``jobspecs/pipeline.schema.json``."""
+    schema = Pipeline.model_json_schema(by_alias=True, mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://insitu.dev/schemas/pipeline.schema.json"
+    schema["title"] = "insitu pipeline"
+    return schema

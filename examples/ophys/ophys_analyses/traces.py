@@ -20,23 +20,19 @@ def _roi_sums(block: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarra
     return out
 
 
-def dff_traces(
+def roi_dff(
     data: da.Array,
-    *,
-    context: Any,
-    labels: str = "labels/cells/0",
+    axes: list[str],
+    label_image: np.ndarray,
+    t0: int,
     baseline_percentile: float = 10.0,
-) -> dict[str, Any]:
-    """dF/F of every ROI in the label image, over the selected frames and window.
-
-    F is the mean of each ROI's pixels inside the selected (y, x) window, F0 the
-    ``baseline_percentile`` of F over time, and dF/F = (F - F0) / F0.
-    """
-    t_axis, y_axis, x_axis = (context.axes.index(a) for a in ("t", "y", "x"))
-    (y0, y1), (x0, x1) = context.selection["y"], context.selection["x"]
-    label_image = np.asarray(context.open_array(labels)[y0:y1, x0:x1].compute())
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """dF/F of every labelled ROI over the frames of ``data`` (whose first is ``t0``):
+    F the mean of each ROI's pixels, F0 its ``baseline_percentile`` over time. Returns the
+    traces (frames x ROIs), the ROI ids and their pixel counts."""
+    t_axis, y_axis, x_axis = (axes.index(a) for a in ("t", "y", "x"))
     ids = np.unique(label_image[label_image > 0])
-    n_labels = int(label_image.max())
+    n_labels = int(label_image.max()) if label_image.size else 0
     movie = data.transpose(t_axis, y_axis, x_axis).rechunk({1: -1, 2: -1})
     sums = movie.map_blocks(
         _roi_sums,
@@ -51,10 +47,27 @@ def dff_traces(
     fluorescence = totals / pixels
     baseline = np.percentile(fluorescence, baseline_percentile, axis=0)
     dff = (fluorescence - baseline) / np.where(baseline == 0, np.nan, baseline)
+    frames = pd.RangeIndex(t0, t0 + movie.shape[0], name="frame")
+    traces = pd.DataFrame(dff, index=frames, columns=[f"roi_{i}" for i in ids])
+    return traces, ids, pixels
+
+
+def dff_traces(
+    data: da.Array,
+    *,
+    context: Any,
+    labels: str = "labels/cells/0",
+    baseline_percentile: float = 10.0,
+) -> dict[str, Any]:
+    """dF/F of every ROI in the label image, over the selected frames and window.
+
+    F is the mean of each ROI's pixels inside the selected (y, x) window, F0 the
+    ``baseline_percentile`` of F over time, and dF/F = (F - F0) / F0.
+    """
+    (y0, y1), (x0, x1) = context.selection["y"], context.selection["x"]
+    label_image = np.asarray(context.open_array(labels)[y0:y1, x0:x1].compute())
     t0, t1 = context.selection["t"]
-    traces = pd.DataFrame(
-        dff, index=pd.RangeIndex(t0, t1, name="frame"), columns=[f"roi_{i}" for i in ids]
-    )
+    traces, ids, pixels = roi_dff(data, context.axes, label_image, t0, baseline_percentile)
     yy, xx = np.nonzero(label_image)
     rois = [
         {

@@ -128,18 +128,28 @@ def layout(
     if len(set(axes)) != len(axes) or not all(isinstance(a, str) and a for a in axes):
         raise _fail(key, f"axis names must be distinct non-empty strings, got {axes}")
     same_axes = like_input and axes == list(source.axes)
+    # An axis the input has keeps its voxel size, unit and place (where the selection
+    # starts, if the output spans the selection along it), unless the analysis says else.
+    known = {
+        name: (
+            source.scale[i] if source.scale else 1.0,
+            source.units[i] if source.units else None,
+            ranges[i] if i < len(ranges) else (0, source.shape[i]),
+        )
+        for i, name in enumerate(source.axes)
+    }
     scale = [float(s) for s in output.scale] if output.scale is not None else None
     if scale is None:
-        scale = list(source.scale) if same_axes and source.scale else [1.0] * ndim
+        scale = [float(known[a][0]) if a in known else 1.0 for a in axes]
     if any(not math.isfinite(s) or s <= 0 for s in scale):
         raise _fail(key, f"scale must be positive numbers, got {scale}")
     units = list(output.units) if output.units is not None else None
     if units is None:
-        units = list(source.units) if same_axes and source.units else [None] * ndim
-    # A selection that starts inside the input keeps its place in the input's coordinates.
-    translation = [0.0] * ndim
-    if same_axes and tuple(array.shape) == tuple(b - a for a, b in ranges):
-        translation = [a * s for (a, _), s in zip(ranges, scale, strict=True)]
+        units = [known[a][1] if a in known else None for a in axes]
+    translation = []
+    for name, length, size in zip(axes, array.shape, scale, strict=True):
+        start, stop = known[name][2] if name in known else (0, 0)
+        translation.append(start * size if stop - start == length else 0.0)
     if output.chunks is not None:
         chunks = tuple(int(c) for c in output.chunks)
         _same_length(key, "chunks", list(chunks), ndim)
