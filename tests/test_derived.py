@@ -21,6 +21,7 @@ from insitu.catalog import ArrayInfo
 from insitu.cli.main import app
 from insitu.client import Client
 from insitu.config import Settings
+from insitu.db import queries
 from insitu.db.engine import Database
 from insitu.errors import AnalysisFailed, Conflict, InvalidInput, NotFound, PermissionDenied
 from insitu.runtime.outputs import Output, layout, ome_attributes
@@ -315,6 +316,11 @@ def test_storage_quota_retention_and_deletion(
     assert timedelta(days=29.9) < expires - datetime.now(UTC) <= timedelta(days=30)
     assert dan.storage()["course_used"] == kept["size"] > 0
     database = Database(settings.resolved_database_url)
+    with database.session() as session:
+        # What dan's next job may write through its gateway: what his quota leaves.
+        dan_user = queries.user_named(session, "dan")
+        assert derived.output_room(session, dan_user, 1 << 40) == (10 << 20) - kept["size"]
+        assert derived.output_room(session, dan_user, 1000) == 1000
     with database.session() as session:  # the dispatcher's sweep, a month on
         assert derived.expire(session, settings, datetime.now(UTC)) == []
         assert derived.expire(session, settings, expires + timedelta(seconds=1)) == ["dan/centred"]

@@ -293,6 +293,18 @@ def test_a_large_put_arrives_whole_and_writes_are_limited(
     s3.put_object(Bucket=RESULTS_BUCKET, Key=key, Body=b"rewriting a key it wrote is fine")
     with pytest.raises(ClientError, match="at most"):
         s3.put_object(Bucket=RESULTS_BUCKET, Key=key + ".more", Body=b"x")
+    # Outputs (insitu.Output chunks) are counted, not remembered, against their own limit.
+    limits = running.gateway.limits
+    limits.outputs_prefix, limits.max_output_writes = f"jobs/j-{store['prefix']}/outputs/", 2
+    for chunk in ("c/0/0", "c/0/1"):
+        s3.put_object(
+            Bucket=RESULTS_BUCKET, Key=f"{limits.outputs_prefix}x.ome.zarr/{chunk}", Body=b"1"
+        )
+    with pytest.raises(ClientError, match="at most 2 objects allowed"):
+        s3.put_object(
+            Bucket=RESULTS_BUCKET, Key=f"{limits.outputs_prefix}x.ome.zarr/c/1/0", Body=b"1"
+        )
+    assert not any("outputs/" in k for k in limits.keys)
     running.gateway.limits.max_bytes = running.gateway.limits.written
     with pytest.raises(ClientError, match="bytes; at most"):
         s3.put_object(Bucket=RESULTS_BUCKET, Key=key, Body=b"one byte too many")

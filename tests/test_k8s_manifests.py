@@ -64,6 +64,8 @@ def _requests() -> dict[str, LaunchRequest]:
             dataset_url="s3://insitu-data/datasets/ophys/m1.zarr",
             resources=Resources(workers=4, threads_per_worker=2, memory_per_worker=4 << 30),
             tenant="Ada Lovelace",
+            max_write_bytes=3 << 30,
+            max_output_objects=1000,
             **common,
         ),
         "gpu": LaunchRequest(
@@ -272,6 +274,9 @@ def test_a_job_holds_no_credential_and_its_gateway_alone_reaches_the_store(
     assert command[:3] == ["python", "-m", "insitu.gateway"]
     assert command[command.index("--dataset") + 1] == request.dataset_url
     assert command[command.index("--workspace") + 1] == request.workspace_url
+    # What the job may write: the dispatcher's figure (its owner's storage room included).
+    assert command[command.index("--max-write-bytes") + 1] == str(request.max_write_bytes)
+    assert command[command.index("--max-output-objects") + 1] == "1000"
     assert service["spec"]["selector"] == gateway_selector(request.job_id)
     (ingress,) = gateway_policy["spec"]["ingress"]
     job_pods, server_pods = ingress["from"]

@@ -72,6 +72,14 @@ class LimitSettings(BaseModel):
         description="Most jobs one user may have waiting in the queue; more are refused with "
         "429 until some have started.",
     )
+    max_output_bytes: ByteSize = Field(
+        parse_size("2TiB"),
+        description="Most bytes of outputs (insitu.Output, kept next to the data) one job may "
+        "write, whatever the storage quotas leave.",
+    )
+    max_output_objects: int = Field(
+        1_000_000, ge=1, description="Most objects (chunks) the outputs of one job may take."
+    )
     result_fraction: float = Field(
         0.5,
         gt=0,

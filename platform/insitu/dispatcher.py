@@ -30,6 +30,7 @@ from insitu.backends.base import (
     LaunchRequest,
     Metered,
 )
+from insitu.backends.store_gateway import write_limit
 from insitu.config import Settings
 from insitu.credentials import make_issuer
 from insitu.db import queries
@@ -274,6 +275,7 @@ class Dispatcher:
         with self.db.session() as session:
             stored = queries.job_by_id(session, job.id)
             dataset_url, tenant = stored.dataset.url, tenant_of(session, stored.owner)
+            room = derived.output_room(session, stored.owner, self.settings.limits.max_output_bytes)
         write_inputs(stored, self.settings)  # its record and its dataset's, loaded above
         # The runner's store access: scoped keys, the endpoint, no more.
         credentials = self.issuer.issue(job.id, dataset_url, job.workspace)
@@ -291,6 +293,8 @@ class Dispatcher:
             dataset_url=dataset_url,
             tenant=tenant,
             has_code=bool(job.code_bundle_digest),
+            max_write_bytes=write_limit(self.settings) + room,
+            max_output_objects=self.settings.limits.max_output_objects,
         )
 
     async def _start(self, job: Job) -> None:
@@ -521,7 +525,9 @@ class Dispatcher:
         if decided.state is JobState.SUCCEEDED:
             try:
                 checked = trusted_outputs.check_outputs(
-                    workspace, objectstore.platform_options(self.settings, job.workspace)
+                    workspace,
+                    objectstore.platform_options(self.settings, job.workspace),
+                    self.settings.limits.max_output_objects,
                 )
                 kept = derived.register_outputs(session, job, checked, utcnow())
             except (trusted_outputs.RejectedOutputs, derived.OutputsRefused) as exc:

@@ -77,6 +77,10 @@ class LaunchRequest:
     dataset_url: str | None = None
     tenant: str = "default"  # whose quota and namespace the job runs under
     has_code: bool = False  # an uploaded code bundle (never run on shared workers)
+    # What the job may write through its gateway: bytes in all (None: the backend's
+    # default for results and reports), and objects of its outputs (insitu.Output).
+    max_write_bytes: int | None = None
+    max_output_objects: int = 0
 
 
 class BackendPhase(str, Enum):

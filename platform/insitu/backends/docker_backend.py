@@ -273,7 +273,8 @@ class DockerBackend(Backend):
             "dataset": request.dataset_url if dataset_in_store(request) else None,
             "workspace": workspace if workspace.startswith("s3://") else None,
             "counts": str(counts),
-            "max_write_bytes": write_limit(self.settings),
+            "max_write_bytes": request.max_write_bytes or write_limit(self.settings),
+            "max_output_objects": request.max_output_objects,
             "credentials": {k: v for k, v in request.env.items() if k in GATEWAY_CREDENTIALS},
         }
         _write_atomically(self._config_path(key), json.dumps(config), 0o600)

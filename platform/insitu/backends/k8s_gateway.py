@@ -68,7 +68,13 @@ def gateway_manifests(
     labels = labels_of(request, GATEWAY_COMPONENT, server_id)
     metadata = {"name": name, "namespace": namespace, "labels": labels}
     port = settings.gateway_port
-    command = [*_command(request, settings, storage), "--max-write-bytes", str(max_write_bytes)]
+    command = [
+        *_command(request, settings, storage),
+        "--max-write-bytes",
+        str(max_write_bytes),
+        "--max-output-objects",
+        str(request.max_output_objects),
+    ]
     pod_spec: dict[str, Any] = {
         "serviceAccountName": settings.gateway_service_account,
         "automountServiceAccountToken": False,  # IRSA mounts its own web-identity token

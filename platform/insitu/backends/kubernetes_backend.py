@@ -316,7 +316,7 @@ class KubernetesBackend(Backend):
                     storage=self.settings.storage,
                     server_id=self.server_id,
                     token=token or secrets.token_urlsafe(32),
-                    max_write_bytes=write_limit(self.settings),
+                    max_write_bytes=request.max_write_bytes or write_limit(self.settings),
                 )
             except ValueError as exc:
                 raise BackendError(str(exc)) from None

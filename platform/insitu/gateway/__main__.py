@@ -35,6 +35,7 @@ from botocore.credentials import Credentials
 from insitu.gateway.policy import Policy, Prefix
 from insitu.gateway.server import Gateway, Upstream, WriteLimits, serve
 from insitu.relay import Address
+from insitu.runtime.workspace import OUTPUTS_DIR
 
 CONFIG_POLL = 0.01  # seconds between looks for an awaited config
 CONFIG_SETTLE = 5.0  # seconds a config that does not parse yet may take to be written whole
@@ -101,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         "--max-write-bytes", type=int, default=4 << 30, help="most bytes a job writes in all"
     )
     parser.add_argument(
+        "--max-output-objects",
+        type=int,
+        default=0,
+        help="most objects a job's outputs (under outputs/ of its workspace) may take",
+    )
+    parser.add_argument(
         "--await-config", type=Path, help="wait for this JSON file to learn the job (warm pool)"
     )
     parser.add_argument(
@@ -117,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             args.dataset, args.workspace = config.get("dataset"), config.get("workspace")
             args.counts = Path(config["counts"]) if config.get("counts") else None
             args.max_write_bytes = int(config.get("max_write_bytes", args.max_write_bytes))
+            args.max_output_objects = int(config.get("max_output_objects", args.max_output_objects))
             values.update(config.get("credentials") or {})
         listen = Address.parse(args.listen)
         policy = Policy(
@@ -127,7 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError) as exc:
         print(exc, file=sys.stderr)
         return 2
-    limits = WriteLimits(max_keys=args.max_keys, max_bytes=args.max_write_bytes)
+    outputs = f"{policy.workspace.prefix}{OUTPUTS_DIR}/" if policy.workspace else None
+    limits = WriteLimits(
+        max_keys=args.max_keys,
+        max_bytes=args.max_write_bytes,
+        outputs_prefix=outputs,
+        max_output_writes=args.max_output_objects,
+    )
     upstream = Upstream(args.endpoint, args.region)
     token = os.environ.get(args.admin_token_env) if args.admin_token_env else None
     if args.admin_token_env and not token:

@@ -61,17 +61,29 @@ class Counts:
 
 @dataclass
 class WriteLimits:
-    """How much a job may write: distinct keys and bytes in all (results, reports, logs)."""
+    """How much a job may write: distinct keys and bytes in all (results, reports, logs),
+    and writes under its outputs prefix (``insitu.Output`` chunks, counted, not kept)."""
 
     max_keys: int = 10_000
     max_bytes: int = 4 << 30
     written: int = 0
     keys: set[str] = field(default_factory=set)
+    outputs_prefix: str | None = None
+    max_output_writes: int = 0
+    output_writes: int = 0
 
     def admit(self, key: str, length: int) -> str:
         """Why a write of ``length`` bytes to ``key`` is refused, or '' if it may go."""
         if self.written + length > self.max_bytes:
             return f"the job has written {self.written} bytes; at most {self.max_bytes} allowed"
+        if self.outputs_prefix and key.startswith(self.outputs_prefix):
+            if self.output_writes >= self.max_output_writes:
+                return (
+                    f"the job's outputs took {self.output_writes} writes; at most "
+                    f"{self.max_output_writes} objects allowed (write larger chunks)"
+                )
+            self.output_writes += 1
+            return ""
         if key not in self.keys:
             if len(self.keys) >= self.max_keys:
                 return f"the job has written {len(self.keys)} objects; at most {self.max_keys}"

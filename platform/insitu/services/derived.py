@@ -111,6 +111,18 @@ def storage_problem(use: StorageUse, adding: int = 0) -> str | None:
     return None
 
 
+def output_room(session: Session, owner: User, ceiling: int) -> int:
+    """Bytes of outputs a job of ``owner`` may write: what their storage quotas leave, at
+    most ``ceiling`` (the platform's limit per job)."""
+    use = storage_use(session, owner)
+    room = ceiling
+    if use.quota is not None:
+        room = min(room, max(use.quota - use.used, 0))
+    if use.course_quota is not None:
+        room = min(room, max(use.course_quota - use.course_used, 0))
+    return room
+
+
 def check_room(session: Session, owner: User, spec: JobSpec) -> None:
     """Refuse a job with outputs whose owner's storage quota is full already (at submit)."""
     if not spec.outputs:

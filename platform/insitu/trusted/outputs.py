@@ -25,7 +25,6 @@ from insitu.runtime.workspace import OUTPUTS_DIR, Workspace
 from insitu.spec import RESULT_KEY
 from insitu.storage import local_path
 
-MAX_OUTPUT_OBJECTS = 2_000_000  # over all outputs of one job
 MAX_METADATA_BYTES = 1 << 20  # one zarr.json
 ALLOWED_CODECS = {"bytes", "transpose", "zstd", "blosc", "gzip", "crc32c", "sharding_indexed"}
 METADATA = "zarr.json"
@@ -47,19 +46,19 @@ class CheckedOutput:
     labels: bool
 
 
-def _listing(workspace: Workspace) -> dict[str, int] | None:
+def _listing(workspace: Workspace, max_objects: int) -> dict[str, int] | None:
     """Every object under ``outputs/`` (path inside it -> size), or None if there is none."""
     root = workspace.path(OUTPUTS_DIR)
     if workspace.url.startswith("file://"):
-        return _walk(local_path(f"{workspace.url}/{OUTPUTS_DIR}"))
+        return _walk(local_path(f"{workspace.url}/{OUTPUTS_DIR}"), max_objects)
     workspace.fs.invalidate_cache(root)
     _abort_uploads(workspace, root)
     try:
         found = workspace.fs.find(root, detail=True, maxdepth=None)
     except FileNotFoundError:
         return None
-    if len(found) > MAX_OUTPUT_OBJECTS:
-        raise RejectedOutputs(_too_many(len(found)))
+    if len(found) > max_objects:
+        raise RejectedOutputs(_too_many(len(found), max_objects))
     return {
         name[len(root) + 1 :]: int(entry.get("size") or 0)
         for name, entry in found.items()
@@ -67,14 +66,14 @@ def _listing(workspace: Workspace) -> dict[str, int] | None:
     } or None
 
 
-def _too_many(count: int) -> str:
+def _too_many(count: int, limit: int) -> str:
     return (
-        f"the outputs hold {count:,} objects or more, over the limit of "
-        f"{MAX_OUTPUT_OBJECTS:,}; write larger chunks (insitu.Output(..., chunks=...))"
+        f"the outputs hold {count:,} objects or more, over the limit of {limit:,}; write "
+        "larger chunks (insitu.Output(..., chunks=...))"
     )
 
 
-def _walk(folder: Path) -> dict[str, int] | None:
+def _walk(folder: Path, max_objects: int) -> dict[str, int] | None:
     """The files under ``folder``, refusing links and anything but files and folders."""
     if folder.is_symlink():
         raise RejectedOutputs("the outputs folder is a symbolic link")
@@ -92,8 +91,8 @@ def _walk(folder: Path) -> dict[str, int] | None:
                 if not path.is_file():
                     raise RejectedOutputs(f"outputs/{relative} is not a regular file")
                 sizes[relative] = info.st_size
-                if len(sizes) > MAX_OUTPUT_OBJECTS:
-                    raise RejectedOutputs(_too_many(len(sizes)))
+                if len(sizes) > max_objects:
+                    raise RejectedOutputs(_too_many(len(sizes), max_objects))
     return sizes or None
 
 
@@ -158,10 +157,13 @@ def _check_metadata(workspace: Workspace, key: str, documents: list[str]) -> boo
     return labels
 
 
-def check_outputs(workspace: Workspace, options: dict[str, Any] | None) -> list[CheckedOutput]:
+def check_outputs(
+    workspace: Workspace, options: dict[str, Any] | None, max_objects: int
+) -> list[CheckedOutput]:
     """Every output of the job, checked and described; :class:`RejectedOutputs` if any
-    object under ``outputs/`` is not part of a valid output."""
-    listing = _listing(workspace)
+    object under ``outputs/`` is not part of a valid output, or there are more than
+    ``max_objects``."""
+    listing = _listing(workspace, max_objects)
     if not listing:
         return []
     by_key: dict[str, dict[str, int]] = {}
