@@ -26,6 +26,7 @@ import bench_dask_gateway
 import bench_docker
 import bench_gateway
 import bench_large
+import bench_outputs
 import bench_proximal
 import bench_readers
 import bench_scan
@@ -51,6 +52,7 @@ BENCHMARKS: list[tuple[str, Any, list[str]]] = [
     ("blocks", bench_blocks, []),
     ("dask_gateway_peer", bench_dask_gateway, []),
     ("web_pages", bench_web, []),
+    ("outputs", bench_outputs, []),
 ]
 #: Recorded by their own make target (``make bench-large``), reported here.
 RECORDED_APART: list[tuple[str, Any]] = [("large", bench_large)]
