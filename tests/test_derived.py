@@ -488,6 +488,13 @@ def test_a_job_waits_for_its_parent_and_fails_naming_the_parents_failure(
     )
     assert child["state"] == "queued" and child["dataset"] == f"job:{slow['id']}/kept"
     assert child["input"]["resolved"] is False
+    env = {"INSITU_URL": rosa.url, "INSITU_TOKEN": rosa.token or ""}
+    chain = CliRunner().invoke(app, ["status"], env=env, terminal_width=200)
+    assert chain.exit_code == 0, chain.output
+    lines = chain.output.splitlines()
+    parent_line = next(i for i, line in enumerate(lines) if slow["id"] in line)
+    assert child["id"] in lines[parent_line + 1]  # the child under its parent
+    assert f"reads output 'kept' of {slow['id']}" in lines[parent_line + 1]
     waiting = wait_for(
         lambda: (j := rosa.job(child["id"]))["reason"] and "running" in j["reason"] and j, 60
     )

@@ -201,7 +201,7 @@ def _overview(as_json: bool) -> None:
     out = output.stdout()
     out.print(output.storage_text(storage))
     if unfinished:
-        out.print(output.jobs_table(unfinished))
+        out.print(output.chain_tree(unfinished))
     else:
         out.print("no unfinished jobs")
 

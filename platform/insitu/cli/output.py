@@ -169,6 +169,41 @@ def jobs_table(jobs: Iterable[dict[str, Any]]) -> Table:
     return table
 
 
+def chain_tree(jobs: list[dict[str, Any]]) -> Tree:
+    """Unfinished jobs as chains: each job reading another's output under that job."""
+    by_id = {job["id"]: job for job in jobs}
+    children: dict[str, list[dict[str, Any]]] = {}
+    roots: list[dict[str, Any]] = []
+    for job in jobs:
+        parent = str((job.get("input") or {}).get("job"))
+        if parent in by_id:
+            children.setdefault(parent, []).append(job)
+        else:
+            roots.append(job)
+
+    def label(job: dict[str, Any]) -> Text:
+        text = Text(f"{job['id']} ", style="bold")
+        text.append(f"{job['name']} ")
+        text.append_text(state_text(job["state"]))
+        pending = job.get("input")
+        if pending and not pending.get("resolved"):
+            text.append(f"  reads output {pending['output']!r} of {pending['job']}", style="dim")
+        elif job.get("reason"):
+            text.append(f"  {job['reason']}", style="dim")
+        return text
+
+    tree = Tree("your unfinished jobs", guide_style="dim")
+
+    def grow(node: Tree, job: dict[str, Any], depth: int) -> None:
+        branch = node.add(label(job))
+        for child in children.get(job["id"], []) if depth < 20 else []:
+            grow(branch, child, depth + 1)
+
+    for job in sorted(roots, key=lambda j: j["created_at"]):
+        grow(tree, job, 0)
+    return tree
+
+
 def summary_table(jobs: Iterable[dict[str, Any]]) -> Table:
     """Job, state, seconds, bytes scanned and returned, reduction factor."""
     table = Table(header_style="bold")
