@@ -378,19 +378,19 @@ def load_spec(source: str | bytes | dict[str, Any]) -> JobSpec:
         raise InvalidInput(format_validation_error(exc)) from None
 
 
+def _published(model: type[BaseModel], file: str, title: str) -> dict[str, Any]:
+    schema = model.model_json_schema(by_alias=True, mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://insitu.dev/schemas/{file}"
+    schema["title"] = title
+    return schema
+
+
 def json_schema() -> dict[str, Any]:
     """The JSON Schema published as ``jobspecs/jobspec.schema.json``."""
-    schema = JobSpec.model_json_schema(by_alias=True, mode="validation")
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://insitu.dev/schemas/jobspec.schema.json"
-    schema["title"] = "insitu job spec"
-    return schema
+    return _published(JobSpec, "jobspec.schema.json", "insitu job spec")
 
 
 def pipeline_json_schema() -> dict[str, Any]:
     """The JSON Schema published as ``jobspecs/pipeline.schema.json``."""
-    schema = Pipeline.model_json_schema(by_alias=True, mode="validation")
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://insitu.dev/schemas/pipeline.schema.json"
-    schema["title"] = "insitu pipeline"
-    return schema
+    return _published(Pipeline, "pipeline.schema.json", "insitu pipeline")
