@@ -265,6 +265,19 @@ def test_derived_data_is_never_more_open_than_its_parent(
     # Only the parent's owner may release it; then its own rule decides.
     with pytest.raises(PermissionDenied, match="only the owner of 'lab/movie'"):
         rosa.release_dataset("rosa/centred")
+    # Nor can rosa launder it through a second step: owning the middle dataset is not
+    # owning the data it came from.
+    again = rosa.submit(
+        {
+            "dataset": "rosa/centred",
+            "analysis": {"entrypoint": "derive:smooth"},
+            "outputs": {"centred": {"name": "rosa/twice"}},
+        },
+        code=code,
+    )
+    assert rosa.wait(again["id"], timeout=120)["state"] == "succeeded"
+    with pytest.raises(PermissionDenied, match="only the owner of 'lab/movie'"):
+        rosa.release_dataset("rosa/twice")
     admin.release_dataset("rosa/centred")
     assert bob.dataset("rosa/centred")["released"] is True
     # Bob's own lineage view names the parent but cannot open it.

@@ -253,25 +253,39 @@ def delete(session: Session, settings: Settings, user: User, name: str) -> Datas
     return dataset
 
 
+def _releasers(session: Session, dataset: Dataset, depth: int = 0) -> list[Dataset | None]:
+    """The datasets whose owners decide over ``dataset``'s data: its parents, and for a
+    parent that is itself derived and not released, that parent's own (recursively)."""
+    found: list[Dataset | None] = []
+    for parent in access.parents_of(session, dataset):
+        if parent is not None and parent.source_job_id and parent.released_at is None:
+            if depth < 50:
+                found += _releasers(session, parent, depth + 1)
+            continue
+        found.append(parent)
+    return found
+
+
 def release(session: Session, user: User, name: str) -> Dataset:
     """Let a derived dataset's own access rule alone decide who reads it (commits).
 
-    Only someone who curates every parent (their owner, or an admin) may release it.
+    Only someone who owns every dataset its data comes from (its parents, through any
+    unreleased derived ones up to the data they were derived from), or an admin, may.
     """
     dataset = queries.dataset_by_name(session, name)
     if dataset.source_job_id is None:
         raise Conflict(f"dataset {name!r} is not derived; its own access rule decides already")
-    for parent in access.parents_of(session, dataset):
-        if parent is None:
-            if not access.is_admin(user):
-                raise PermissionDenied(
-                    f"a parent of {name!r} was deleted; only an admin may release it"
-                )
-            continue
-        if not access.is_admin(user) and parent.owner_id != user.id:
+    for origin in _releasers(session, dataset):
+        if access.is_admin(user):
+            break
+        if origin is None or origin.deleted_at is not None:
             raise PermissionDenied(
-                f"only the owner of {parent.name!r} (a parent of {name!r}) or an admin may "
-                "release it"
+                f"a dataset {name!r} was derived from was deleted; only an admin may release it"
+            )
+        if origin.owner_id != user.id:
+            raise PermissionDenied(
+                f"only the owner of {origin.name!r} (which {name!r} was derived from) or an "
+                "admin may release it"
             )
     dataset.released_at = utcnow()
     queries.add_audit(session, user, "dataset.release", name)
