@@ -241,9 +241,12 @@ def test_an_output_becomes_a_derived_dataset_that_the_next_job_reads(
     )
     assert "only for those who may read every parent" in page.text
 
-    # A name taken is refused at submit, before anything runs.
+    # A name taken is refused at submit, before anything runs; so is a name outside
+    # rosa's own (the institute's catalog names are its curators').
     with pytest.raises(Conflict, match="rosa/centred' exists already"):
         rosa.submit(derive_spec(), code=code)
+    with pytest.raises(PermissionDenied, match=r"under your own name, e\.g\. 'rosa/session-002'"):
+        rosa.submit(derive_spec("ophys/session-002"), code=code)
 
 
 def test_derived_data_is_never_more_open_than_its_parent(
@@ -380,11 +383,16 @@ def test_outputs_a_job_forges_are_refused_and_removed(
     folder = tmp_path / "forge_code"
     folder.mkdir()
     (folder / "forge.py").write_text(FORGER)
+    settings.limits.max_output_objects = 40  # the server reads it when it checks
     for trick, expected in (
         ("link", "symbolic link"),
         ("stray", "is not part of an output"),
         ("codec", "codecs insitu does not read"),
         ("version", "is not an OME-Zarr 0.5 image"),
+        ("attributes", "is not an OME-Zarr 0.5 image"),
+        ("deep", "is not JSON"),
+        ("malformed", "its OME-Zarr metadata is malformed"),
+        ("folders", "over the limit of 40"),
     ):
         spec = {
             "dataset": PARENT,
@@ -395,6 +403,19 @@ def test_outputs_a_job_forges_are_refused_and_removed(
         assert done["error_kind"] == "invalid_outputs" and expected in done["error"], done
         assert not list((settings.home / "jobs" / done["id"]).glob("outputs/*"))
     assert not [d for d in people["rosa"].datasets() if d.get("derived_from_job")]
+    # A job that writes outputs and then never ends: cancelled, nothing it wrote stays.
+    stalled = people["rosa"].submit(
+        {
+            "dataset": PARENT,
+            "analysis": {"entrypoint": "forge:forge", "params": {"trick": "stall"}},
+        },
+        code=folder,
+    )
+    outputs = settings.home / "jobs" / stalled["id"] / "outputs"
+    wait_for(lambda: (outputs / "fake.ome.zarr" / "zarr.json").exists(), 60)
+    people["rosa"].cancel(stalled["id"])
+    assert people["rosa"].wait(stalled["id"], timeout=60)["state"] == "cancelled"
+    wait_for(lambda: not list(outputs.glob("*")), 30)
 
 
 FORGER = """
@@ -409,6 +430,14 @@ import insitu
 GROUP = {"zarr_format": 3, "node_type": "group", "attributes": {"ome": {"version": "0.5"}}}
 
 
+def _array(group, codecs):
+    (group / "0").mkdir()
+    array = {"zarr_format": 3, "node_type": "array", "shape": [1], "data_type": "uint8",
+             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1]}},
+             "chunk_key_encoding": {"name": "default"}, "fill_value": 0, "codecs": codecs}
+    (group / "0" / "zarr.json").write_text(json.dumps(array))
+
+
 def forge(data, *, context, trick):
     # The local runner is 'python -m insitu.runtime WORKSPACE_URL': its outputs folder.
     outputs = Path(urlsplit(sys.argv[1]).path) / "outputs"
@@ -421,12 +450,24 @@ def forge(data, *, context, trick):
         (outputs / "notes.txt").write_text("not an output")
     elif trick == "codec":
         (fake / "zarr.json").write_text(json.dumps(GROUP))
-        (fake / "0").mkdir()
-        array = {"zarr_format": 3, "node_type": "array", "shape": [1], "data_type": "uint8",
-                 "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1]}},
-                 "chunk_key_encoding": {"name": "default"}, "fill_value": 0,
-                 "codecs": [{"name": "bytes"}, {"name": "evil-codec"}]}
-        (fake / "0" / "zarr.json").write_text(json.dumps(array))
+        _array(fake, [{"name": "bytes"}, {"name": "evil-codec"}])
+    elif trick == "attributes":
+        (fake / "zarr.json").write_text(json.dumps({**GROUP, "attributes": [1]}))
+    elif trick == "deep":
+        (fake / "zarr.json").write_text("[" * 200_000)
+    elif trick == "malformed":
+        broken = {**GROUP, "attributes": {"ome": {"version": "0.5", "multiscales": 5}}}
+        (fake / "zarr.json").write_text(json.dumps(broken))
+        _array(fake, [{"name": "bytes"}])
+    elif trick == "folders":
+        (fake / "zarr.json").write_text(json.dumps(GROUP))
+        for number in range(60):
+            (fake / f"d{number}").mkdir()
+    elif trick == "stall":
+        (fake / "zarr.json").write_text(json.dumps(GROUP))
+        import time
+
+        time.sleep(120)
     elif trick == "version":
         old = {**GROUP, "attributes": {"ome": {"version": "0.4"}}}
         (fake / "zarr.json").write_text(json.dumps(old))

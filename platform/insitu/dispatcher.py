@@ -264,8 +264,19 @@ class Dispatcher:
                 queries.transition(session, job, to, reason)
             if not session.new and not session.is_modified(job):
                 return  # nothing changed (a pass with no news): no write, nobody to wake
+            ended = JobState(job.state).terminal
+            workspace_url = job.workspace
             session.commit()
+        if ended:  # it ended without succeeding (that is _settle's): nothing it wrote stays
+            self._drop_outputs(job_id, workspace_url)
         self.on_change(job_id)
+
+    def _drop_outputs(self, job_id: str, workspace_url: str) -> None:
+        """Delete the outputs of a job that will not become datasets (best effort)."""
+        try:
+            objectstore.workspace(self.settings, workspace_url).remove_outputs()
+        except Exception:
+            log.exception("could not delete the outputs of job %s", job_id)
 
     # -- backend steps ----------------------------------------------------------------------
 
@@ -530,7 +541,13 @@ class Dispatcher:
                     self.settings.limits.max_output_objects,
                 )
                 kept = derived.register_outputs(session, job, checked, utcnow())
-            except (trusted_outputs.RejectedOutputs, derived.OutputsRefused) as exc:
+            except Exception as exc:  # a job's files can break any reader: refuse them
+                if not isinstance(exc, trusted_outputs.RejectedOutputs | derived.OutputsRefused):
+                    log.warning("job %s's outputs broke their check: %r", job.id, exc)
+                    exc = trusted_outputs.RejectedOutputs(
+                        f"the job's outputs cannot be read back ({type(exc).__name__}); "
+                        "return them as insitu.Output and let the runtime write them"
+                    )
                 decided = settle.Settlement(
                     JobState.FAILED,
                     bounded(str(exc), REASON_LIMIT) or "",

@@ -39,11 +39,26 @@ def output_name(job_id: str, key: str, spec: dict[str, Any]) -> str:
     return str(named.get("name") or f"derived/{job_id}/{key.lower()}")
 
 
-def check_names_free(session: Session, spec: JobSpec) -> None:
-    """Refuse a spec naming outputs after datasets that exist already (at submit)."""
+def check_namespace(owner: User, name: str, where: str = "") -> None:
+    """Only curators name derived datasets anywhere; others under their own name, so that no
+    participant takes (or poses as) a name of the institute's catalog."""
+    if access.is_admin(owner) or owner.role in {r.value for r in access.CURATORS}:
+        return
+    if name.startswith(f"{owner.name}/") or name.startswith("derived/"):
+        return
+    raise PermissionDenied(
+        f"{where}{name!r}: name your derived datasets under your own name, e.g. "
+        f"'{owner.name}/{name.rsplit('/', 1)[-1]}'; other names are for instructors and admins"
+    )
+
+
+def check_names_free(session: Session, owner: User, spec: JobSpec) -> None:
+    """Refuse a spec naming outputs outside the owner's namespace, or after datasets that
+    exist already (at submit)."""
     for key, output in spec.outputs.items():
         if output.name is None:
             continue
+        check_namespace(owner, output.name, f"outputs.{key}.name: ")
         try:
             queries.dataset_by_name(session, output.name)
         except NotFound:
@@ -177,6 +192,10 @@ def register_outputs(
     retention = quotas.quota_of(owner).retention
     names = [output_name(job.id, output.key, job.spec) for output in checked]
     for output, name in zip(checked, names, strict=True):  # all free before any is added
+        try:
+            check_namespace(owner, name, f"output {output.key!r}: ")
+        except PermissionDenied as exc:
+            raise OutputsRefused(f"the outputs were not kept: {exc.message}") from None
         try:
             queries.dataset_by_name(session, name)
         except NotFound:

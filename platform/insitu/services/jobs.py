@@ -149,7 +149,7 @@ def submit(
         usage.core_seconds = queries.core_seconds_of(session, owner.id)
     quotas.check_submit(owner, spec.resources.workers, usage)
     source, array, ranges = check_target(session, settings, owner, spec, code_bundle, backend)
-    derived.check_names_free(session, spec)
+    derived.check_names_free(session, owner, spec)
     derived.check_room(session, owner, spec)
 
     job_id = new_job_id()

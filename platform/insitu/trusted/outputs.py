@@ -80,7 +80,11 @@ def _walk(folder: Path, max_objects: int) -> dict[str, int] | None:
     if not folder.is_dir():
         return None
     sizes: dict[str, int] = {}
+    entries = 0
     for top, dirs, files in os.walk(folder, followlinks=False):
+        entries += len(dirs) + len(files)
+        if entries > max_objects:  # folders count too: millions of empty ones cost as much
+            raise RejectedOutputs(_too_many(entries, max_objects))
         for name in dirs + files:
             path = Path(top) / name
             relative = path.relative_to(folder).as_posix()
@@ -135,7 +139,7 @@ def _check_metadata(workspace: Workspace, key: str, documents: list[str]) -> boo
             raw = handle.read(MAX_METADATA_BYTES + 1)
         try:
             meta = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise RejectedOutputs(f"outputs/{document} is not JSON") from None
         if not isinstance(meta, dict) or meta.get("zarr_format") != 3:
             raise RejectedOutputs(f"outputs/{document} is not Zarr v3 metadata")
@@ -147,7 +151,8 @@ def _check_metadata(workspace: Workspace, key: str, documents: list[str]) -> boo
                     f"({', '.join(sorted(unknown))}); use {', '.join(sorted(ALLOWED_CODECS))}"
                 )
         elif document == f"{key}{OME_SUFFIX}/{METADATA}":
-            ome = (meta.get("attributes") or {}).get("ome")
+            attributes = meta.get("attributes")
+            ome = attributes.get("ome") if isinstance(attributes, dict) else None
             if not isinstance(ome, dict) or ome.get("version") != NGFF_VERSION:
                 raise RejectedOutputs(
                     f"output {key!r} is not an OME-Zarr {NGFF_VERSION} image; return it as "
@@ -189,6 +194,11 @@ def check_outputs(
             info = inspect_store(url, options)
         except InsituError as exc:
             raise RejectedOutputs(f"output {key!r} cannot be read back: {exc.message}") from None
+        except Exception as exc:  # metadata of the wrong shape breaks the reader somewhere
+            raise RejectedOutputs(
+                f"output {key!r} cannot be read back: its OME-Zarr metadata is malformed "
+                f"({type(exc).__name__})"
+            ) from None
         if info.format != f"ome-ngff-{NGFF_VERSION}":
             raise RejectedOutputs(f"output {key!r} is not an OME-Zarr {NGFF_VERSION} image")
         checked.append(CheckedOutput(key, url, info, sum(objects.values()), len(objects), labels))

@@ -84,7 +84,8 @@ def dataset_preview(settings: Settings, dataset: Dataset, path: str) -> bytes:
     """The PNG preview of one array of ``dataset`` (computed once, then kept)."""
     info = DatasetInfo.model_validate(dataset.info)
     array = preview_array(info, path)
-    key = hashlib.sha256(f"{dataset.name}\0{dataset.version}\0{array.path}".encode()).hexdigest()
+    identity = f"{dataset.id}\0{dataset.url}\0{dataset.name}\0{dataset.version}\0{array.path}"
+    key = hashlib.sha256(identity.encode()).hexdigest()
     kept = state_store(settings, "previews")
     cached = kept.read_bytes(f"{key}.png")
     if cached is not None:
