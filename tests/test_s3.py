@@ -219,24 +219,9 @@ def test_insitu_server_with_an_embedded_seaweedfs(
     """``insitu server --store seaweedfs``: datasets and results in a SeaweedFS it starts."""
     require_seaweedfs()
     home = tmp_path / "home"
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INSITU_", "AWS_"))}
-    env |= {"INSITU_HOME": str(home)}
-    process = subprocess.Popen(
-        [INSITU, "server", "--port", str(port), "--store", "seaweedfs"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stderr or []), daemon=True)
-    reader.start()
+    process, port, lines = _embedded_server(home)
     try:
-        endpoint = wait_for(
-            lambda: next((m.group(1) for m in map(ENDPOINT_RE.search, lines) if m), None),
-            timeout=90,
-        )
+        endpoint = next(m.group(1) for m in map(ENDPOINT_RE.search, lines) if m)
         keys = json.loads((home / "seaweedfs" / "keys.json").read_text())
         url = f"s3://{DATA_BUCKET}/lab/movie.zarr"
         options = {
@@ -285,6 +270,54 @@ def test_insitu_server_with_an_embedded_seaweedfs(
 
 INSITU = str(Path(sys.executable).parent / "insitu")
 ENDPOINT_RE = re.compile(r"SeaweedFS at (http://127\.0\.0\.1:\d+)")
+
+
+def _embedded_server(home: Path) -> tuple[subprocess.Popen[str], int, list[str]]:
+    """``insitu server --store seaweedfs`` up and answering: its process, port and log.
+
+    The API's port is chosen free before SeaweedFS picks its own, which may take it in
+    between: a start that failed to bind it is tried again on another port.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INSITU_", "AWS_"))}
+    env |= {"INSITU_HOME": str(home)}
+    for _ in range(3):
+        started = _start_server(env)
+        if started is not None:
+            return started
+    raise AssertionError("insitu server found no free port in 3 tries")
+
+
+def _start_server(env: dict[str, str]) -> tuple[subprocess.Popen[str], int, list[str]] | None:
+    """One start: the server answering, or None if its port was taken meanwhile."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [INSITU, "server", "--port", str(port), "--store", "seaweedfs"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr or []), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: process.poll() is not None or _healthy_at(port), timeout=120)
+    except AssertionError:
+        process.kill()
+        raise
+    if process.poll() is None:
+        return process, port, lines
+    reader.join(timeout=5)
+    if "address already in use" not in "".join(lines).lower():
+        raise AssertionError("insitu server exited:\n" + "".join(lines))
+    return None
+
+
+def _healthy_at(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _free_port() -> int:
