@@ -196,6 +196,9 @@ def test_an_output_becomes_a_derived_dataset_that_the_next_job_reads(
     assert derived["format"] == "ome-ngff-0.5" and derived["access"] == "private"
     assert derived["owner"] == "rosa" and derived["derived_from_job"] == done["id"]
     assert derived["size"] > 0 and derived["size"] == kept["centred"]["bytes"]
+    # Each level's stored bytes, from the server's own listing of the output.
+    assert set(derived["stored_bytes"]) == {a["path"] for a in derived["arrays"]}
+    assert 0 < sum(derived["stored_bytes"].values()) < derived["size"]
     lineage = derived["lineage"]
     assert lineage["parents"][0]["name"] == PARENT
     assert lineage["parents"][0]["selection"] == {"t": [10, 74], "y": [0, 37], "x": [0, 29]}

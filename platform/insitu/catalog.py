@@ -136,8 +136,12 @@ def _apply_multiscales(
     return ordered
 
 
-def inspect_store(url: str, storage_options: dict[str, Any] | None = None) -> DatasetInfo:
-    """Open the store at ``url`` and describe every array in it."""
+def inspect_store(
+    url: str, storage_options: dict[str, Any] | None = None, *, list_sizes: bool = True
+) -> DatasetInfo:
+    """Open the store at ``url`` and describe every array in it (listing the store for the
+    arrays' stored sizes unless ``list_sizes`` is false: a caller that listed it already
+    fills them with :func:`sizes_by_array`)."""
     url = normalize_url(url)
     store = open_store(url, storage_options=storage_options)
     try:
@@ -184,7 +188,9 @@ def inspect_store(url: str, storage_options: dict[str, Any] | None = None) -> Da
         arrays=sorted(arrays.values(), key=lambda a: a.path),
         default_array=default,
         version=version,
-        stored_bytes=stored_sizes(url, storage_options, list(arrays.values())),
+        stored_bytes=stored_sizes(url, storage_options, list(arrays.values()))
+        if list_sizes
+        else None,
     )
 
 
@@ -211,13 +217,20 @@ def stored_sizes(
         listed = fs.find(root, detail=True)
     except Exception:
         return None
+    start = len(root.rstrip("/")) + 1
+    return sizes_by_array(
+        {key[start:]: int(entry.get("size") or 0) for key, entry in listed.items()}, arrays
+    )
+
+
+def sizes_by_array(objects: dict[str, int], arrays: list[ArrayInfo]) -> dict[str, int]:
+    """Bytes per array from a store's objects (path inside the store -> size)."""
     by_depth = sorted((a.path for a in arrays), key=len, reverse=True)  # deepest array first
     sizes = dict.fromkeys(by_depth, 0)
-    for key, entry in listed.items():
-        inside = key[len(root.rstrip("/")) + 1 :]
+    for inside, size in objects.items():
         owner = next((p for p in by_depth if p == "" or inside.startswith(p + "/")), None)
         if owner is not None:
-            sizes[owner] += int(entry.get("size") or 0)
+            sizes[owner] += size
     return sizes
 
 

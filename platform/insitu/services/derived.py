@@ -107,18 +107,18 @@ def storage_use(session: Session, user: User) -> StorageUse:
     )
 
 
-def storage_problem(use: StorageUse, adding: int = 0) -> str | None:
+def storage_problem(use: StorageUse, adding: int = 0, verb: str = "would take") -> str | None:
     """Why ``adding`` more bytes of derived data would exceed a storage quota, or None."""
     if use.quota is not None and use.used + adding > use.quota:
         return (
-            f"your derived datasets would take {format_size(use.used + adding)}, over your "
+            f"your derived datasets {verb} {format_size(use.used + adding)}, over your "
             f"storage quota of {format_size(use.quota)} (you keep {format_size(use.used)}); "
             "delete derived datasets you no longer need ('insitu datasets delete NAME') or "
             "ask your instructor for more"
         )
     if use.course_quota is not None and use.course_used + adding > use.course_quota:
         return (
-            f"the derived datasets of course {use.course!r} would take "
+            f"the derived datasets of course {use.course!r} {verb} "
             f"{format_size(use.course_used + adding)}, over the course's storage quota of "
             f"{format_size(use.course_quota)}; delete derived datasets you no longer need "
             "or ask your instructor for more"
@@ -142,9 +142,9 @@ def check_room(session: Session, owner: User, spec: JobSpec) -> None:
     """Refuse a job with outputs whose owner's storage quota is full already (at submit)."""
     if not spec.outputs:
         return
-    problem = storage_problem(storage_use(session, owner))
-    if problem and "would take" in problem:
-        raise PermissionDenied(problem.replace("would take", "take", 1))
+    problem = storage_problem(storage_use(session, owner), verb="take")
+    if problem:
+        raise PermissionDenied(problem)
 
 
 def _lineage(job: Job, checked: CheckedOutput) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from insitu.catalog import DatasetInfo, inspect_store
+from insitu.catalog import DatasetInfo, inspect_store, sizes_by_array
 from insitu.errors import InsituError
 from insitu.runtime.outputs import NGFF_VERSION, OME_SUFFIX
 from insitu.runtime.workspace import OUTPUTS_DIR, Workspace
@@ -191,7 +191,7 @@ def check_outputs(
         labels = _check_metadata(workspace, key, documents)
         url = f"{workspace.url}/{OUTPUTS_DIR}/{key}{OME_SUFFIX}"
         try:
-            info = inspect_store(url, options)
+            info = inspect_store(url, options, list_sizes=False)  # listed above already
         except InsituError as exc:
             raise RejectedOutputs(f"output {key!r} cannot be read back: {exc.message}") from None
         except Exception as exc:  # metadata of the wrong shape breaks the reader somewhere
@@ -201,5 +201,6 @@ def check_outputs(
             ) from None
         if info.format != f"ome-ngff-{NGFF_VERSION}":
             raise RejectedOutputs(f"output {key!r} is not an OME-Zarr {NGFF_VERSION} image")
+        info.stored_bytes = sizes_by_array(objects, info.arrays)
         checked.append(CheckedOutput(key, url, info, sum(objects.values()), len(objects), labels))
     return checked
